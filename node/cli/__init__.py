@@ -1,0 +1,1 @@
+"""The composition root: the `radnode` command wires the stages together."""

@@ -1,0 +1,239 @@
+"""The `radnode` command: parse arguments, load configuration, call the stages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from tqdm import tqdm
+
+from node import __version__
+from node.config import NodeConfig, load_config, resolve_config_path
+from node.errors import ConfigError
+from node.export import Target, echo, parse_target, send_files
+from node.logs import configure_logging
+from node.store import StudySummary
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="radnode",
+        description="Radnode: receives imaging studies over DICOM, runs AI models on them "
+        "and sends standard DICOM results back to the PACS.",
+    )
+    parser.add_argument("--version", action="version", version=f"radnode {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config",
+            metavar="FILE",
+            help="the node's YAML configuration (default: $RADNODE_CONFIG, else "
+            "config/node.yaml)",
+        )
+
+    p = sub.add_parser("serve", help="run the node: DICOM listener and completion")
+    with_config(p)
+
+    p = sub.add_parser("check-config", help="validate a configuration and summarise it")
+    with_config(p)
+
+    p = sub.add_parser("echo", help="C-ECHO a destination or AET@host:port")
+    with_config(p)
+    p.add_argument("target", metavar="TARGET", help="a destination name or AET@host:port")
+    p.add_argument("--calling-ae", help="the AE title to call as (default: node.ae_title)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+
+    p = sub.add_parser("send", help="C-STORE DICOM files or folders to a destination")
+    with_config(p)
+    p.add_argument("paths", metavar="PATH", nargs="+", type=Path, help="files or folders")
+    p.add_argument(
+        "--to", required=True, metavar="TARGET", help="a destination name or AET@host:port"
+    )
+    p.add_argument("--associations", type=int, default=1, metavar="N", help="parallel (1)")
+    p.add_argument("--calling-ae", help="the AE title to call as (default: node.ae_title)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+
+    p = sub.add_parser("studies", help="list received studies and their series")
+    with_config(p)
+    p.add_argument("--limit", type=int, default=50, help="how many studies (default 50)")
+    p.add_argument(
+        "--show-phi", action="store_true", help="also show patient name and ID (PHI)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `radnode` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"radnode: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command: str = args.command
+    needs_config = command in {"serve", "check-config", "studies"}
+    config: NodeConfig | None = None
+    if needs_config or args.config or resolve_config_path(None).exists():
+        config = load_config(args.config)
+    if command == "check-config":
+        assert config is not None
+        print(f"{resolve_config_path(args.config)}: valid\n")
+        print(summarise_config(config))
+        return EXIT_OK
+    if command == "serve":
+        assert config is not None
+        from node.cli.serve import serve
+
+        configure_logging(config.logging.level, config.logging.format)
+        return serve(config)
+    if command == "echo":
+        return _echo(args, config)
+    if command == "send":
+        return _send(args, config)
+    if command == "studies":
+        assert config is not None
+        return _studies(args, config)
+    raise AssertionError(command)
+
+
+def _target(text: str, config: NodeConfig | None) -> Target:
+    if config is not None:
+        dest = config.destination(text)
+        if dest is not None:
+            return Target(dest.ae_title, dest.host, dest.port)
+    if "@" not in text and config is not None:
+        known = ", ".join(d.name for d in config.destinations) or "none configured"
+        raise ConfigError(
+            f"{text!r} is not a configured destination (known: {known}); "
+            "give a destination name or AET@host:port"
+        )
+    return parse_target(text)
+
+
+def _calling_ae(args: argparse.Namespace, config: NodeConfig | None) -> str:
+    if args.calling_ae:
+        return str(args.calling_ae)
+    return config.node.ae_title if config else "RADNODE"
+
+
+def _echo(args: argparse.Namespace, config: NodeConfig | None) -> int:
+    target = _target(args.target, config)
+    calling = _calling_ae(args, config)
+    result = echo(target, calling, timeout=args.timeout)
+    if result.ok:
+        print(
+            f"{target}: C-ECHO success as {calling}: round trip {result.echo_ms:.1f} ms "
+            f"(connect {result.connect_ms:.1f} ms, association {result.associate_ms:.1f} ms)"
+        )
+        return EXIT_OK
+    print(f"{target}: FAILED as {calling}: {result.message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _send(args: argparse.Namespace, config: NodeConfig | None) -> int:
+    if args.associations < 1:
+        raise ConfigError(f"--associations {args.associations}: give 1 or more")
+    target = _target(args.to, config)
+    calling = _calling_ae(args, config)
+    with tqdm(unit="file", desc=f"to {target}", file=sys.stderr, leave=False) as bar:
+        report = send_files(
+            args.paths,
+            target,
+            calling,
+            associations=args.associations,
+            timeout=args.timeout,
+            progress=bar.update,
+        )
+    rate = report.sent / report.seconds if report.seconds else 0.0
+    print(
+        f"{target}: {report.sent} sent, {len(report.warnings)} with warnings, "
+        f"{len(report.failures)} failed, {len(report.skipped)} skipped "
+        f"in {report.seconds:.1f} s ({rate:.0f} files/s)"
+    )
+    for label, rows in (("warning", report.warnings), ("failed", report.failures),
+                        ("skipped", report.skipped)):
+        for path, reason in rows:
+            print(f"  {label}: {path}: {reason}")
+    return EXIT_OK if not report.failures and report.sent else EXIT_FAILED
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _studies(args: argparse.Namespace, config: NodeConfig) -> int:
+    from node.cli.serve import open_store
+
+    store = open_store(config)
+    try:
+        studies = store.index.list_studies(limit=args.limit)
+    finally:
+        store.index.close()
+    if not studies:
+        print("no studies received yet")
+        return EXIT_OK
+    for study in studies:
+        print(_study_line(study, args.show_phi))
+        for s in study.series:
+            number = "-" if s.series_number is None else str(s.series_number)
+            reopened = f", reopened x{s.generation - 1}" if s.generation > 1 else ""
+            print(
+                f"    series {number:>4} {s.modality:<4} {s.instance_count:>5} inst  "
+                f"{s.state:<9}{reopened}  last {_when(s.last_received_at)}  "
+                f"{s.series_description!r}  {s.series_uid}"
+            )
+    return EXIT_OK
+
+
+def _study_line(study: StudySummary, show_phi: bool) -> str:
+    who = f"  patient {study.patient_name!r} id {study.patient_id!r}" if show_phi else ""
+    return (
+        f"study {study.study_uid}  {study.state}  {study.instance_count} instances in "
+        f"{len(study.series)} series  from {study.source or '?'}  "
+        f"received {_when(study.first_received_at)} .. {_when(study.last_received_at)}  "
+        f"date {study.study_date or '-'}{who}"
+    )
+
+
+def summarise_config(config: NodeConfig) -> str:
+    """A readable summary of a valid configuration, like an integration sheet."""
+    node, storage, comp = config.node, config.storage, config.completion
+    lines = [
+        f"node         AE {node.ae_title}, listening on {node.host}:{node.port}, "
+        f"up to {node.max_associations} associations, {node.listener_processes} listener "
+        f"process(es), max PDU {node.max_pdu_bytes} bytes",
+        f"storage      {storage.root.resolve()} (index {storage.resolved_index_url()}), "
+        f"reserve {storage.min_free_mb} MiB",
+        f"completion   series after {comp.series_quiet_seconds:g} s quiet, study after "
+        f"{comp.study_quiet_seconds:g} s quiet",
+        f"sources      {len(config.sources)}",
+    ]
+    for s in config.sources:
+        hosts = ", ".join(str(h) for h in s.hosts) if s.hosts is not None else "any host"
+        lines.append(f"  - {s.name}: calling AE {s.ae_title} from {hosts}")
+    lines.append(f"destinations {len(config.destinations)}")
+    for d in config.destinations:
+        lines.append(f"  - {d.name}: {d.ae_title}@{d.host}:{d.port}")
+    lines.append(f"routes       {len(config.routes)}")
+    for r in config.routes:
+        origin = ", ".join(r.from_) or "any source"
+        dest = ", ".join(r.send_to) or "nowhere"
+        lines.append(f"  - {r.name}: model {r.model} on series from {origin}, results to {dest}")
+    if not config.sources:
+        lines.append("warning: no sources are configured, so every association is rejected")
+    return "\n".join(lines)

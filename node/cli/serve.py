@@ -1,0 +1,142 @@
+"""`radnode serve`: the supervisor process with its listeners and the completion sweep."""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import signal
+import sys
+import threading
+from multiprocessing.process import BaseProcess
+from multiprocessing.sharedctypes import Synchronized
+from types import FrameType
+
+import structlog
+
+from node.assembly import CompletionSweeper
+from node.config import NodeConfig
+from node.ingest import AssociationLimiter, DicomListener
+from node.logs import configure_logging
+from node.store import InstanceIndex, InstanceStore
+
+log = structlog.get_logger("radnode.serve")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def open_store(config: NodeConfig) -> InstanceStore:
+    """The instance store and index the configuration names."""
+    storage = config.storage
+    storage.root.mkdir(parents=True, exist_ok=True)
+    index = InstanceIndex(storage.resolved_index_url())
+    return InstanceStore(storage.root, index, reserve_bytes=storage.min_free_mb * 2**20)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when the supervisor dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _listener_process(config: NodeConfig, counter: Synchronized[int], number: int) -> None:
+    """Entry point of an extra listener process (same port, SO_REUSEPORT)."""
+    _die_with_parent()
+    configure_logging(config.logging.level, config.logging.format)
+    structlog.contextvars.bind_contextvars(listener=number)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    store = open_store(config)
+    listener = DicomListener(
+        config, store, AssociationLimiter(config.node.max_associations, counter), reuse_port=True
+    )
+    listener.start()
+    stop.wait()
+    listener.stop()
+    store.index.close()
+
+
+def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
+    """Run the node until SIGTERM or SIGINT; return the exit code."""
+    stop = stop or threading.Event()
+    store = open_store(config)
+    report = store.reindex()
+    log.info(
+        "storage_ready",
+        root=str(config.storage.root.resolve()),
+        instances=store.index.count_instances(),
+        reindexed=report.indexed,
+        unreadable=report.unreadable,
+        partial_files_removed=report.partial_removed,
+    )
+    limiter = AssociationLimiter(config.node.max_associations)
+    extra = config.node.listener_processes - 1
+    listener = DicomListener(config, store, limiter, reuse_port=extra > 0)
+    try:
+        listener.start()
+    except OSError as exc:
+        log.error(
+            "dicom_listener_failed",
+            host=config.node.host,
+            port=config.node.port,
+            reason=exc.strerror or str(exc),
+            hint="another program uses this port, or the address is not on this machine; "
+            "change node.port or node.host",
+        )
+        store.index.close()
+        return 1
+
+    context = multiprocessing.get_context("spawn")
+    children: dict[int, BaseProcess] = {}
+
+    def start_child(number: int) -> None:
+        process = context.Process(
+            target=_listener_process,
+            args=(config, limiter.counter, number),
+            name=f"radnode-listener-{number}",
+            daemon=True,
+        )
+        process.start()
+        children[number] = process
+
+    for number in range(1, extra + 1):
+        start_child(number)
+
+    sweeper = CompletionSweeper(
+        store.index,
+        config.completion.series_quiet_seconds,
+        config.completion.study_quiet_seconds,
+    )
+    sweep_thread = threading.Thread(target=sweeper.run, args=(stop,), name="completion")
+    sweep_thread.start()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stop_requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "node_started",
+        ae_title=config.node.ae_title,
+        port=listener.port,
+        listener_processes=config.node.listener_processes,
+        sources=len(config.sources),
+    )
+    while not stop.wait(1.0):
+        for number, process in list(children.items()):
+            if not process.is_alive():
+                log.error("listener_process_died", listener=number, exit_code=process.exitcode)
+                start_child(number)
+
+    listener.stop()
+    for process in children.values():
+        process.terminate()
+    for process in children.values():
+        process.join(timeout=10)
+    sweep_thread.join()
+    store.index.close()
+    log.info("node_stopped")
+    return 0

@@ -1,0 +1,325 @@
+"""The configuration, shaped like a hospital's integration sheet.
+
+Every field's description doubles as the hint shown to IT when its value is wrong,
+so each one says what the value is for and what a good value looks like.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+_AE_ALLOWED = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("an AE title cannot be empty or only spaces")
+    if len(value) > 16:
+        raise ValueError(f"an AE title has at most 16 characters, this one has {len(value)}")
+    if not _AE_ALLOWED.match(value):
+        raise ValueError("an AE title uses printable ASCII characters only, without a backslash")
+    return stripped
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(
+            "a name uses lower-case letters, digits, '-' and '_', starting with a letter or digit"
+        )
+    return value
+
+
+def _parse_network(value: Any) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(str(value), strict=False)
+    except ValueError as exc:
+        raise ValueError(
+            f"{value!r} is neither an IP address nor a CIDR block such as 10.0.0.0/24"
+        ) from exc
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+Name = Annotated[str, AfterValidator(_check_name)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Section(BaseModel):
+    """Strict base: unknown keys are errors, so a typo never goes unnoticed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class NodeSettings(_Section):
+    """How the node presents itself on the DICOM network."""
+
+    ae_title: AETitle = Field(
+        "RADNODE",
+        description="the node's own AE title; senders must call exactly this (up to 16 characters)",
+    )
+    host: str = Field(
+        "127.0.0.1",
+        description="the address to listen on: 0.0.0.0 for every interface, 127.0.0.1 for this "
+        "machine only",
+    )
+    port: Port = Field(
+        11112, description="the TCP port for DICOM (1-65535; 104 or 11112 are usual)"
+    )
+    max_associations: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="how many DICOM associations may be open at once, over all listener "
+        "processes; more are rejected as 'local limit exceeded' so senders retry",
+    )
+    listener_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="how many processes accept DICOM on the port; one per CPU core is a good "
+        "start when several senders push at once",
+    )
+    max_pdu_bytes: int = Field(
+        262144,
+        ge=131072,
+        le=4194304,
+        description="the largest PDU the node accepts, in bytes (at least 131072)",
+    )
+    network_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="seconds of silence after which an association is dropped",
+    )
+
+
+class StorageSettings(_Section):
+    """Where received instances and the index live."""
+
+    root: Path = Field(
+        Path("var/radnode"),
+        description="the folder for received instances and the index; relative paths are "
+        "relative to the folder Radnode is started from",
+    )
+    index_url: str | None = Field(
+        None,
+        description="an SQLAlchemy database URL for the index; empty means SQLite at "
+        "<root>/index.sqlite3",
+    )
+    min_free_mb: int = Field(
+        1024,
+        ge=0,
+        description="free disk space (MiB) to keep in reserve; below it the node answers "
+        "'out of resources' and senders retry later",
+    )
+
+    def resolved_index_url(self) -> str:
+        """The index URL, defaulting to SQLite inside the storage root."""
+        if self.index_url:
+            return self.index_url
+        return f"sqlite:///{(self.root / 'index.sqlite3').resolve()}"
+
+
+class Source(_Section):
+    """A sender IT allows: a PACS or modality, by AE title and (optionally) host."""
+
+    name: Name = Field(description="a short name for this sender, used by routes and in logs")
+    ae_title: AETitle = Field(description="the calling AE title this sender uses")
+    hosts: list[Annotated[IPNetwork, Field()]] | None = Field(
+        None,
+        description="addresses or CIDR blocks this sender may call from; leave out to accept "
+        "the AE title from any host",
+    )
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            return [_parse_network(h) for h in value]
+        return value
+
+    def allows_address(self, address: str) -> bool:
+        """True when `address` may call as this source."""
+        if self.hosts is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.hosts)
+
+
+class Destination(_Section):
+    """Where results go: a DICOM peer that accepts C-STORE."""
+
+    name: Name = Field(description="a short name for this destination, used by routes and CLI")
+    ae_title: AETitle = Field(description="the destination's AE title (the called AE)")
+    host: str = Field(min_length=1, description="the destination's host name or IP address")
+    port: Port = Field(description="the destination's DICOM port")
+
+
+class CompletionSettings(_Section):
+    """When a series and a study count as complete."""
+
+    series_quiet_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description="a series is complete after this many seconds without a new instance",
+    )
+    study_quiet_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=86400,
+        description="a study is complete after this many seconds without a new instance; "
+        "must not be shorter than series_quiet_seconds",
+    )
+
+    @model_validator(mode="after")
+    def _study_not_shorter(self) -> CompletionSettings:
+        if self.study_quiet_seconds < self.series_quiet_seconds:
+            raise ValueError(
+                f"study_quiet_seconds ({self.study_quiet_seconds:g}) is shorter than "
+                f"series_quiet_seconds ({self.series_quiet_seconds:g}); make it at least as long"
+            )
+        return self
+
+
+class Route(_Section):
+    """Which model runs on which series and where results go (rules come with inference)."""
+
+    name: Name = Field(description="a short name for this route")
+    from_: list[str] = Field(
+        default_factory=list,
+        alias="from",
+        description="the names of the sources this route applies to; empty means every source",
+    )
+    when: dict[str, Any] = Field(
+        default_factory=dict, description="conditions on DICOM attributes of the series"
+    )
+    model: str = Field(min_length=1, description="the name of the model package to run")
+    send_to: list[str] = Field(
+        default_factory=list, description="the names of the destinations for the results"
+    )
+    priority: int = Field(0, description="higher runs first")
+
+
+class LoggingSettings(_Section):
+    """How Radnode logs."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="the least severe level written: debug, info, warning or error"
+    )
+    format: Literal["auto", "json", "console"] = Field(
+        "auto",
+        description="json for log collectors, console for people; auto picks console on a "
+        "terminal and json otherwise",
+    )
+
+
+class NodeConfig(_Section):
+    """The whole configuration file."""
+
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    sources: list[Source] = Field(default_factory=list)
+    destinations: list[Destination] = Field(default_factory=list)
+    completion: CompletionSettings = Field(default_factory=CompletionSettings)
+    routes: list[Route] = Field(default_factory=list)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> NodeConfig:
+        _unique("sources", "name", [s.name for s in self.sources])
+        _unique("sources", "ae_title", [s.ae_title for s in self.sources])
+        _unique("destinations", "name", [d.name for d in self.destinations])
+        _unique("routes", "name", [r.name for r in self.routes])
+        source_names = {s.name for s in self.sources}
+        dest_names = {d.name for d in self.destinations}
+        for i, route in enumerate(self.routes):
+            for name in route.from_:
+                if name not in source_names:
+                    raise ValueError(
+                        f"routes[{i}].from names source {name!r}, which is not configured; "
+                        f"use one of {sorted(source_names)} or add it under sources"
+                    )
+            for name in route.send_to:
+                if name not in dest_names:
+                    raise ValueError(
+                        f"routes[{i}].send_to names destination {name!r}, which is not "
+                        f"configured; use one of {sorted(dest_names)} or add it under destinations"
+                    )
+        return self
+
+    def source_for(self, calling_ae: str) -> Source | None:
+        """The source configured with this calling AE title, if any."""
+        wanted = calling_ae.strip()
+        for source in self.sources:
+            if source.ae_title == wanted:
+                return source
+        return None
+
+    def destination(self, name: str) -> Destination | None:
+        """The destination with this name, if any."""
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        return None
+
+
+def _unique(section: str, key: str, values: list[str]) -> None:
+    seen: set[str] = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            raise ValueError(
+                f"{section}[{i}].{key} {value!r} is used twice; each {key} under {section} "
+                "must be unique"
+            )
+        seen.add(value)
+
+
+def field_hint(loc: tuple[int | str, ...]) -> str | None:
+    """The description of the field at `loc`, used as the 'what to change' hint."""
+    model: type[BaseModel] | None = NodeConfig
+    description: str | None = None
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            field = next(
+                (f for f in model.model_fields.values() if f.alias == part), None
+            )
+        if field is None:
+            return None
+        description = field.description
+        model = _inner_model(field.annotation)
+    return description
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None

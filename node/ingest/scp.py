@@ -1,0 +1,337 @@
+"""The DIMSE listener: C-ECHO and C-STORE for configured sources, one thread per association.
+
+The C-STORE handler writes the bytes as received (no pixel decoding), durably, and
+indexes them before it answers Success. Every other outcome gets a named failure
+status and a log event with the reason; the association goes on.
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.config import NodeConfig
+from node.domain import AssociationInfo, StoreOutcome
+from node.errors import InvalidInput, StorageFull
+from node.domain import status as st
+from node.ingest.limiter import AssociationLimiter
+from node.ingest.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
+from node.store import InstanceStore, read_header
+
+log = structlog.get_logger("radnode.ingest")
+
+
+@dataclass
+class _Session:
+    """What the listener tracks about one open association."""
+
+    info: AssociationInfo
+    holds_slot: bool
+    log: Any
+    outcomes: Counter[str] = field(default_factory=Counter)
+    studies: set[str] = field(default_factory=set)
+
+
+class _Server(ThreadedAssociationServer):  # type: ignore[misc]
+    """pynetdicom's threaded server with the socket options the node needs."""
+
+    daemon_threads = True
+    reuse_port = False
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            # Several listener processes bind the same port; the kernel spreads
+            # incoming connections across them.
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def shutdown(self) -> None:
+        # pynetdicom's shutdown expects servers made by AE.start_server; this one was
+        # made by AE.make_server, so stop it the plain socketserver way.
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        # Small PDUs (C-STORE responses) must not wait for Nagle's algorithm.
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
+def _reject(assoc: Association, result: int, source: int, reason: int) -> None:
+    """Send an A-ASSOCIATE-RJ and wait until it is on the wire before the socket closes."""
+    assoc.acse.send_reject(result, source, reason)
+    assoc.kill()
+
+
+class DicomListener:
+    """Accepts associations from configured sources and stores what they send."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: InstanceStore,
+        limiter: AssociationLimiter,
+        *,
+        reuse_port: bool = False,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.limiter = limiter
+        self.reuse_port = reuse_port
+        self._sessions: dict[Association, _Session] = {}
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self.ae = self._build_ae()
+
+    def _build_ae(self) -> AE:
+        node = self.config.node
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_pdu_size = node.max_pdu_bytes
+        # The shared limiter decides; pynetdicom's own per-process limit only backs it up.
+        ae.maximum_associations = node.max_associations
+        ae.network_timeout = node.network_timeout_seconds
+        ae.acse_timeout = 30
+        ae.dimse_timeout = node.network_timeout_seconds
+        ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        return ae
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful when configured as 0)."""
+        if self._server is None:
+            raise RuntimeError("the listener is not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Bind the port and serve associations in background threads."""
+        node = self.config.node
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_ECHO, self._on_c_echo),
+            (evt.EVT_C_STORE, self._on_c_store),
+            (evt.EVT_RELEASED, self._on_end),
+            (evt.EVT_ABORTED, self._on_end),
+            (evt.EVT_CONN_CLOSE, self._on_end),
+        ]
+        _Server.reuse_port = self.reuse_port
+        self._server = self.ae.make_server(
+            (node.host, node.port),
+            ae_title=node.ae_title,
+            evt_handlers=handlers,
+            server_class=_Server,
+        )
+        thread = threading.Thread(
+            target=self._server.serve_forever, name="dicom-listener", daemon=True
+        )
+        thread.start()
+        log.info(
+            "dicom_listener_started",
+            ae_title=node.ae_title,
+            host=node.host,
+            port=self.port,
+            max_pdu=node.max_pdu_bytes,
+            max_associations=node.max_associations,
+        )
+
+    def stop(self) -> None:
+        """Stop accepting and close the listening socket."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    # -- association control ---------------------------------------------------------
+
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        calling = str(primitive.calling_ae_title).strip()
+        called = str(primitive.called_ae_title).strip()
+        address, port = str(assoc.requestor.address), int(assoc.requestor.port)
+        source = self.config.source_for(calling)
+        info = AssociationInfo(
+            id=uuid.uuid4().hex[:12],
+            calling_ae=calling,
+            called_ae=called,
+            address=address,
+            port=port,
+            source=source.name if source else None,
+        )
+        bound = log.bind(**info.log_fields())
+        self._prune_dead()
+
+        if called != self.config.node.ae_title:
+            bound.warning(
+                "association_rejected",
+                reason="called AE title not recognized",
+                called_ae=called,
+                expected_called_ae=self.config.node.ae_title,
+            )
+            _reject(
+                assoc,
+                st.REJECTED_PERMANENT,
+                st.SOURCE_SERVICE_USER,
+                st.REASON_CALLED_AE_NOT_RECOGNIZED,
+            )
+            return
+        if source is None or not source.allows_address(address):
+            reason = (
+                f"calling AE title {calling!r} is not a configured source"
+                if source is None
+                else f"source {source.name!r} may not call from {address}"
+            )
+            bound.warning(
+                "association_rejected", reason="calling AE title not recognized", detail=reason
+            )
+            _reject(
+                assoc,
+                st.REJECTED_PERMANENT,
+                st.SOURCE_SERVICE_USER,
+                st.REASON_CALLING_AE_NOT_RECOGNIZED,
+            )
+            return
+        if not self.limiter.try_acquire():
+            bound.warning(
+                "association_rejected",
+                reason="local limit exceeded",
+                open_associations=self.limiter.in_use,
+                max_associations=self.limiter.limit,
+            )
+            _reject(
+                assoc,
+                st.REJECTED_TRANSIENT,
+                st.SOURCE_SERVICE_PROVIDER_PRESENTATION,
+                st.REASON_LOCAL_LIMIT_EXCEEDED,
+            )
+            return
+        with self._lock:
+            self._sessions[assoc] = _Session(info=info, holds_slot=True, log=bound)
+        bound.info("association_accepted", called_ae=called)
+
+    def _on_end(self, event: evt.Event) -> None:
+        with self._lock:
+            session = self._sessions.pop(event.assoc, None)
+        if session is None:
+            return
+        if session.holds_slot:
+            self.limiter.release()
+        session.log.info(
+            "association_closed",
+            how=event.event.name.removeprefix("EVT_").lower(),
+            studies=sorted(session.studies),
+            **dict(session.outcomes),
+        )
+
+    def _prune_dead(self) -> None:
+        """Release slots of associations whose threads ended without a close event."""
+        with self._lock:
+            dead = [a for a in self._sessions if not a.is_alive()]
+            stale = [self._sessions.pop(a) for a in dead]
+        for session in stale:
+            if session.holds_slot:
+                self.limiter.release()
+
+    def _session(self, assoc: Association) -> _Session:
+        with self._lock:
+            session = self._sessions.get(assoc)
+        if session is None:  # cannot happen for an accepted association; stay safe
+            info = AssociationInfo("unknown", "", "", "", 0)
+            session = _Session(info=info, holds_slot=False, log=log.bind(**info.log_fields()))
+        return session
+
+    # -- services --------------------------------------------------------------------
+
+    def _on_c_echo(self, event: evt.Event) -> int:
+        self._session(event.assoc).log.info("echo_received")
+        return st.SUCCESS
+
+    def _on_c_store(self, event: evt.Event) -> int:
+        session = self._session(event.assoc)
+        request = event.request
+        sop_uid = str(request.AffectedSOPInstanceUID)
+        bound = session.log.bind(sop_instance_uid=sop_uid)
+        try:
+            data = event.encoded_dataset(include_meta=True)
+            header = read_header(data)
+        except InvalidInput as exc:
+            session.outcomes["failed"] += 1
+            bound.warning(
+                "instance_rejected",
+                status=st.describe_status(st.CANNOT_UNDERSTAND),
+                reason=str(exc),
+            )
+            return st.CANNOT_UNDERSTAND
+        bound = bound.bind(study_uid=header.study_uid, series_uid=header.series_uid)
+        if header.sop_instance_uid != sop_uid or header.sop_class_uid != str(
+            request.AffectedSOPClassUID
+        ):
+            session.outcomes["failed"] += 1
+            bound.warning(
+                "instance_rejected",
+                status=st.describe_status(st.DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
+                reason="the data set's SOP Class or Instance UID differs from the request's",
+                dataset_sop_instance_uid=header.sop_instance_uid,
+            )
+            return st.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+        try:
+            result = self.store.store_instance(
+                header,
+                data,
+                source=session.info.source,
+                calling_ae=session.info.calling_ae,
+            )
+        except StorageFull as exc:
+            session.outcomes["failed"] += 1
+            bound.error(
+                "instance_not_stored",
+                status=st.describe_status(st.OUT_OF_RESOURCES),
+                reason=str(exc),
+            )
+            return st.OUT_OF_RESOURCES
+        except InvalidInput as exc:
+            session.outcomes["failed"] += 1
+            bound.warning(
+                "instance_rejected",
+                status=st.describe_status(st.CANNOT_UNDERSTAND),
+                reason=str(exc),
+            )
+            return st.CANNOT_UNDERSTAND
+        except OSError as exc:
+            session.outcomes["failed"] += 1
+            bound.error(
+                "instance_not_stored",
+                status=st.describe_status(st.OUT_OF_RESOURCES),
+                reason=f"storage error: {exc.strerror or exc}",
+            )
+            return st.OUT_OF_RESOURCES
+        except Exception:
+            session.outcomes["failed"] += 1
+            bound.exception(
+                "instance_not_stored", status=st.describe_status(st.PROCESSING_FAILURE)
+            )
+            return st.PROCESSING_FAILURE
+        session.outcomes[result.outcome.value] += 1
+        session.studies.add(header.study_uid)
+        if result.outcome is StoreOutcome.NEW_VERSION:
+            bound.info("instance_new_version", version=result.version, bytes=result.size)
+        elif result.outcome is StoreOutcome.DUPLICATE:
+            bound.info("instance_duplicate_ignored", version=result.version)
+        else:
+            bound.debug("instance_stored", bytes=result.size)
+        if result.reopened_series:
+            bound.info("series_reopened", reason="instance arrived after the series was complete")
+        return st.SUCCESS

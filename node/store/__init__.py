@@ -1,0 +1,21 @@
+"""Instances on disk (atomic, durable) and the SQL index over them."""
+
+from node.store.header import check_uid, read_header
+from node.store.index import (
+    CompletedUnit,
+    InstanceIndex,
+    SeriesSummary,
+    StudySummary,
+)
+from node.store.instances import InstanceStore, ReindexReport
+
+__all__ = [
+    "CompletedUnit",
+    "InstanceIndex",
+    "InstanceStore",
+    "ReindexReport",
+    "SeriesSummary",
+    "StudySummary",
+    "check_uid",
+    "read_header",
+]

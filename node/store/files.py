@@ -1,0 +1,100 @@
+"""Instance files on disk: written atomically and durably, laid out by UID.
+
+A file is first written to a temporary name in its final folder, flushed and
+fsynced, then renamed into place, and the folder is fsynced so the rename survives
+a power cut. A reader therefore sees either nothing or the whole file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+from node.errors import StorageFull
+
+TEMP_MARK = ".partial-"
+SUFFIX = ".dcm"
+
+
+def instance_relpath(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+    """The path of an instance relative to the storage root: <study>/<series>/<sop>.dcm."""
+    return str(PurePosixPath(study_uid, series_uid, sop_instance_uid + SUFFIX))
+
+
+def free_bytes(root: Path) -> int:
+    """Free bytes on the file system that holds `root`."""
+    return shutil.disk_usage(root).free
+
+
+def write_atomically(root: Path, relpath: str, data: bytes, reserve_bytes: int) -> None:
+    """Write `data` to root/relpath durably; raise StorageFull when below the reserve.
+
+    Nothing is left half-written: on any failure the temporary file is removed and
+    any previous file at the path is untouched.
+    """
+    target = root / relpath
+    target.parent.mkdir(parents=True, exist_ok=True)
+    free = free_bytes(target.parent)
+    if free - len(data) < reserve_bytes:
+        raise StorageFull(
+            f"only {free // 2**20} MiB free under {root}, below the reserve of "
+            f"{reserve_bytes // 2**20} MiB; free disk space or lower storage.min_free_mb"
+        )
+    temp = target.with_name(f"{TEMP_MARK}{os.getpid()}-{os.urandom(4).hex()}-{target.name}")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
+    fsync_dir(target.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new entry in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _series_entries(root: Path) -> Iterator[os.DirEntry[str]]:
+    """Every entry two folders below the root (inside <study>/<series>/)."""
+    if not root.is_dir():
+        return
+    for study in os.scandir(root):
+        if not study.is_dir(follow_symlinks=False):
+            continue
+        for series in os.scandir(study.path):
+            if series.is_dir(follow_symlinks=False):
+                yield from os.scandir(series.path)
+
+
+def iter_instance_files(root: Path) -> Iterator[str]:
+    """Relative paths of every instance file under the root, in the standard layout."""
+    for entry in _series_entries(root):
+        if entry.name.endswith(SUFFIX) and not entry.name.startswith(TEMP_MARK):
+            yield os.path.relpath(entry.path, root).replace(os.sep, "/")
+
+
+def remove_partial_files(root: Path) -> int:
+    """Delete temporary files left by a crash; they were never acknowledged."""
+    removed = 0
+    for entry in list(_series_entries(root)):
+        if entry.name.startswith(TEMP_MARK):
+            os.unlink(entry.path)
+            removed += 1
+    return removed

@@ -1,0 +1,103 @@
+"""Read the few attributes the node needs from an instance, without its pixel data."""
+
+from __future__ import annotations
+
+import re
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
+
+from node.domain import InstanceHeader
+from node.errors import InvalidInput
+
+# A UID is digits separated by single dots, at most 64 characters (PS3.5 9.1). The
+# node also uses UIDs as folder names, so this check keeps paths inside the root.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+_REQUIRED_UIDS = (
+    ("StudyInstanceUID", "study_uid"),
+    ("SeriesInstanceUID", "series_uid"),
+    ("SOPInstanceUID", "sop_instance_uid"),
+)
+_WANTED = [
+    Tag(keyword)
+    for keyword in (
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
+        "BodyPartExamined",
+        "StudyDate",
+        "StudyDescription",
+        "PatientName",
+        "PatientID",
+    )
+]
+
+
+def check_uid(name: str, value: Any) -> str:
+    """Return `value` as a UID string, or raise InvalidInput naming the attribute."""
+    text = str(value or "").strip().rstrip("\x00")
+    if not text:
+        raise InvalidInput(f"{name} is missing or empty")
+    if len(text) > 64 or not _UID.match(text):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise InvalidInput(f"{name} {shown!r} is not a valid UID (digits and dots, at most 64)")
+    return text
+
+
+def read_header(data: bytes) -> InstanceHeader:
+    """Parse a DICOM file's bytes (preamble and file meta included) up to the pixel data.
+
+    Raises InvalidInput when the bytes are not DICOM, cannot be decoded, or lack the
+    Study, Series or SOP Instance UID.
+    """
+    try:
+        ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=_WANTED)
+        header = _header_from(ds)
+    except InvalidInput:
+        raise
+    except InvalidDicomError as exc:
+        raise InvalidInput(f"not a DICOM data set: {exc}") from exc
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        raise InvalidInput(f"the data set cannot be decoded: {type(exc).__name__}: {exc}") from exc
+    return header
+
+
+def _header_from(ds: Dataset) -> InstanceHeader:
+    meta = getattr(ds, "file_meta", None)
+    transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    if not transfer_syntax:
+        raise InvalidInput("the file meta information has no TransferSyntaxUID")
+    sop_class = str(ds.get("SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", ""))
+    uids = {field: check_uid(keyword, ds.get(keyword)) for keyword, field in _REQUIRED_UIDS}
+    series_number = ds.get("SeriesNumber")
+    try:
+        number = int(series_number) if series_number not in (None, "") else None
+    except (TypeError, ValueError):
+        number = None
+    return InstanceHeader(
+        **uids,
+        sop_class_uid=check_uid("SOPClassUID", sop_class),
+        transfer_syntax_uid=check_uid("TransferSyntaxUID", transfer_syntax),
+        modality=_text(ds, "Modality"),
+        series_number=number,
+        series_description=_text(ds, "SeriesDescription"),
+        body_part=_text(ds, "BodyPartExamined"),
+        study_date=_text(ds, "StudyDate"),
+        study_description=_text(ds, "StudyDescription"),
+        patient_name=_text(ds, "PatientName"),
+        patient_id=_text(ds, "PatientID"),
+    )
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()

@@ -1,0 +1,495 @@
+"""The SQL index over received instances, with the events that change it.
+
+Each public method is one transaction. On SQLite, write transactions start with
+BEGIN IMMEDIATE so that concurrent writers (several listener processes, the
+assembly sweep) queue on the busy timeout instead of failing on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    event,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+
+from node.domain import InstanceHeader, SeriesState, StoreOutcome, StudyState
+from node.store.schema import events, instances, metadata, series, studies
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedInstance:
+    """What the index knows of one stored instance."""
+
+    sop_instance_uid: str
+    relpath: str
+    sha256: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedInstance:
+    """What recording an instance changed in the index."""
+
+    outcome: StoreOutcome
+    version: int
+    new_series: bool
+    reopened_series: bool
+    previous_sha256: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedUnit:
+    """A series or study that has just been marked complete."""
+
+    study_uid: str
+    series_uid: str | None
+    instance_count: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSummary:
+    """A series as `radnode studies` shows it."""
+
+    series_uid: str
+    state: str
+    generation: int
+    modality: str
+    series_number: int | None
+    series_description: str
+    instance_count: int
+    last_received_at: float
+    completed_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StudySummary:
+    """A study as `radnode studies` shows it; patient fields are for --show-phi only."""
+
+    study_uid: str
+    state: str
+    source: str
+    instance_count: int
+    first_received_at: float
+    last_received_at: float
+    completed_at: float | None
+    study_date: str
+    study_description: str
+    patient_name: str
+    patient_id: str
+    series: tuple[SeriesSummary, ...]
+
+
+def _make_engine(url: str, begin: str) -> Engine:
+    is_sqlite = url.startswith("sqlite")
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        if is_sqlite
+        else {},
+    )
+    if is_sqlite:
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed row survives a power cut, not only a crash.
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql(begin)
+
+    return engine
+
+
+class InstanceIndex:
+    """Studies, series, instances and events in SQL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._writer = _make_engine(url, "BEGIN IMMEDIATE")
+        self._reader = _make_engine(url, "BEGIN")
+        metadata.create_all(self._writer)
+
+    def close(self) -> None:
+        """Release database connections."""
+        self._writer.dispose()
+        self._reader.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._reader.begin() as conn:
+            yield conn
+
+    # -- instances -------------------------------------------------------------------
+
+    def find_instance(self, sop_instance_uid: str) -> IndexedInstance | None:
+        """The indexed instance with this SOP Instance UID, if any."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(
+                    instances.c.relpath, instances.c.sha256, instances.c.version
+                ).where(instances.c.sop_instance_uid == sop_instance_uid)
+            ).first()
+        if row is None:
+            return None
+        return IndexedInstance(sop_instance_uid, row.relpath, row.sha256, row.version)
+
+    def record_instance(
+        self,
+        header: InstanceHeader,
+        *,
+        relpath: str,
+        size: int,
+        sha256: str,
+        source: str | None,
+        calling_ae: str | None,
+        now: float,
+    ) -> RecordedInstance:
+        """Index an instance whose file is already durable; update its series and study."""
+        with self._write() as conn:
+            row = conn.execute(
+                select(instances.c.sha256, instances.c.version).where(
+                    instances.c.sop_instance_uid == header.sop_instance_uid
+                )
+            ).first()
+            if row is not None and row.sha256 == sha256:
+                return RecordedInstance(StoreOutcome.DUPLICATE, row.version, False, False, None)
+            new_series, reopened = self._touch_series(conn, header, source, now, row is None)
+            if row is None:
+                conn.execute(
+                    insert(instances).values(
+                        sop_instance_uid=header.sop_instance_uid,
+                        series_uid=header.series_uid,
+                        study_uid=header.study_uid,
+                        sop_class_uid=header.sop_class_uid,
+                        transfer_syntax_uid=header.transfer_syntax_uid,
+                        relpath=relpath,
+                        size_bytes=size,
+                        sha256=sha256,
+                        version=1,
+                        source=source,
+                        calling_ae=calling_ae,
+                        received_at=now,
+                    )
+                )
+                return RecordedInstance(StoreOutcome.STORED, 1, new_series, reopened, None)
+            version = row.version + 1
+            conn.execute(
+                update(instances)
+                .where(instances.c.sop_instance_uid == header.sop_instance_uid)
+                .values(
+                    sop_class_uid=header.sop_class_uid,
+                    transfer_syntax_uid=header.transfer_syntax_uid,
+                    size_bytes=size,
+                    sha256=sha256,
+                    version=version,
+                    source=source,
+                    calling_ae=calling_ae,
+                    received_at=now,
+                )
+            )
+            _add_event(
+                conn,
+                now,
+                "instance_replaced",
+                header,
+                {"version": version, "previous_sha256": row.sha256, "sha256": sha256},
+            )
+            return RecordedInstance(
+                StoreOutcome.NEW_VERSION, version, new_series, reopened, row.sha256
+            )
+
+    def _touch_series(
+        self,
+        conn: Connection,
+        header: InstanceHeader,
+        source: str | None,
+        now: float,
+        is_new_instance: bool,
+    ) -> tuple[bool, bool]:
+        """Create or refresh the series and study rows; reopen them if complete."""
+        added = 1 if is_new_instance else 0
+        study = conn.execute(
+            select(studies.c.state).where(studies.c.study_uid == header.study_uid)
+        ).first()
+        if study is None:
+            conn.execute(
+                insert(studies).values(
+                    study_uid=header.study_uid,
+                    state=StudyState.RECEIVING,
+                    source=source,
+                    instance_count=added,
+                    first_received_at=now,
+                    last_received_at=now,
+                    study_date=header.study_date[:8],
+                    study_description=header.study_description[:64],
+                    patient_name=header.patient_name[:324],
+                    patient_id=header.patient_id[:64],
+                )
+            )
+        else:
+            conn.execute(
+                update(studies)
+                .where(studies.c.study_uid == header.study_uid)
+                .values(
+                    state=StudyState.RECEIVING,
+                    completed_at=None,
+                    instance_count=studies.c.instance_count + added,
+                    last_received_at=now,
+                )
+            )
+            if study.state == StudyState.COMPLETE:
+                _add_event(conn, now, "study_reopened", header, None, series_level=False)
+
+        current = conn.execute(
+            select(series.c.state, series.c.generation).where(
+                series.c.series_uid == header.series_uid
+            )
+        ).first()
+        if current is None:
+            conn.execute(
+                insert(series).values(
+                    series_uid=header.series_uid,
+                    study_uid=header.study_uid,
+                    state=SeriesState.RECEIVING,
+                    generation=1,
+                    source=source,
+                    modality=header.modality[:16],
+                    series_number=header.series_number,
+                    series_description=header.series_description[:64],
+                    body_part=header.body_part[:16],
+                    instance_count=added,
+                    first_received_at=now,
+                    last_received_at=now,
+                )
+            )
+            _add_event(conn, now, "series_opened", header, {"source": source})
+            return True, False
+        reopened = current.state == SeriesState.COMPLETE
+        values: dict[str, Any] = {
+            "instance_count": series.c.instance_count + added,
+            "last_received_at": now,
+        }
+        if reopened:
+            values.update(
+                state=SeriesState.RECEIVING,
+                generation=current.generation + 1,
+                completed_at=None,
+            )
+            _add_event(
+                conn, now, "series_reopened", header, {"generation": current.generation + 1}
+            )
+        conn.execute(update(series).where(series.c.series_uid == header.series_uid).values(values))
+        return False, reopened
+
+    def indexed_relpaths(self) -> set[str]:
+        """Every relative path the index knows."""
+        with self._read() as conn:
+            return set(conn.execute(select(instances.c.relpath)).scalars())
+
+    # -- completeness ----------------------------------------------------------------
+
+    def complete_quiet_series(self, quiet_before: float, now: float) -> list[CompletedUnit]:
+        """Mark complete every receiving series with no instance since `quiet_before`."""
+        done: list[CompletedUnit] = []
+        with self._write() as conn:
+            rows = conn.execute(
+                select(
+                    series.c.series_uid,
+                    series.c.study_uid,
+                    series.c.instance_count,
+                    series.c.generation,
+                ).where(
+                    series.c.state == SeriesState.RECEIVING,
+                    series.c.last_received_at <= quiet_before,
+                )
+            ).all()
+            for row in rows:
+                conn.execute(
+                    update(series)
+                    .where(series.c.series_uid == row.series_uid)
+                    .values(state=SeriesState.COMPLETE, completed_at=now)
+                )
+                conn.execute(
+                    insert(events).values(
+                        at=now,
+                        kind="series_complete",
+                        study_uid=row.study_uid,
+                        series_uid=row.series_uid,
+                        detail=json.dumps(
+                            {"instances": row.instance_count, "generation": row.generation}
+                        ),
+                    )
+                )
+                done.append(
+                    CompletedUnit(row.study_uid, row.series_uid, row.instance_count, row.generation)
+                )
+        return done
+
+    def complete_quiet_studies(self, quiet_before: float, now: float) -> list[CompletedUnit]:
+        """Mark complete every receiving study that is quiet and has no receiving series."""
+        open_series = exists().where(
+            and_(series.c.study_uid == studies.c.study_uid, series.c.state == SeriesState.RECEIVING)
+        )
+        done: list[CompletedUnit] = []
+        with self._write() as conn:
+            rows = conn.execute(
+                select(studies.c.study_uid, studies.c.instance_count).where(
+                    studies.c.state == StudyState.RECEIVING,
+                    studies.c.last_received_at <= quiet_before,
+                    ~open_series,
+                )
+            ).all()
+            for row in rows:
+                conn.execute(
+                    update(studies)
+                    .where(studies.c.study_uid == row.study_uid)
+                    .values(state=StudyState.COMPLETE, completed_at=now)
+                )
+                conn.execute(
+                    insert(events).values(
+                        at=now,
+                        kind="study_complete",
+                        study_uid=row.study_uid,
+                        detail=json.dumps({"instances": row.instance_count}),
+                    )
+                )
+                done.append(CompletedUnit(row.study_uid, None, row.instance_count, 1))
+        return done
+
+    # -- events and listings ---------------------------------------------------------
+
+    def add_event(
+        self,
+        kind: str,
+        *,
+        now: float,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one event to the log (no patient data in `detail`)."""
+        with self._write() as conn:
+            conn.execute(
+                insert(events).values(
+                    at=now,
+                    kind=kind,
+                    study_uid=study_uid,
+                    series_uid=series_uid,
+                    detail=json.dumps(detail) if detail else None,
+                )
+            )
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Events in the order they happened, optionally of one kind."""
+        query = select(events).order_by(events.c.id)
+        if kind:
+            query = query.where(events.c.kind == kind)
+        with self._read() as conn:
+            return [
+                {**row._asdict(), "detail": json.loads(row.detail) if row.detail else None}
+                for row in conn.execute(query)
+            ]
+
+    def count_instances(self) -> int:
+        """How many instances the index holds."""
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(instances)).scalar_one())
+
+    def list_studies(self, limit: int = 100) -> list[StudySummary]:
+        """The most recently active studies with their series."""
+        with self._read() as conn:
+            study_rows = conn.execute(
+                select(studies).order_by(studies.c.last_received_at.desc()).limit(limit)
+            ).all()
+            uids = [r.study_uid for r in study_rows]
+            series_rows = (
+                conn.execute(
+                    select(series)
+                    .where(series.c.study_uid.in_(uids))
+                    .order_by(series.c.series_number, series.c.first_received_at)
+                ).all()
+                if uids
+                else []
+            )
+        by_study: dict[str, list[SeriesSummary]] = {}
+        for s in series_rows:
+            by_study.setdefault(s.study_uid, []).append(
+                SeriesSummary(
+                    series_uid=s.series_uid,
+                    state=s.state,
+                    generation=s.generation,
+                    modality=s.modality or "",
+                    series_number=s.series_number,
+                    series_description=s.series_description or "",
+                    instance_count=s.instance_count,
+                    last_received_at=s.last_received_at,
+                    completed_at=s.completed_at,
+                )
+            )
+        return [
+            StudySummary(
+                study_uid=r.study_uid,
+                state=r.state,
+                source=r.source or "",
+                instance_count=r.instance_count,
+                first_received_at=r.first_received_at,
+                last_received_at=r.last_received_at,
+                completed_at=r.completed_at,
+                study_date=r.study_date or "",
+                study_description=r.study_description or "",
+                patient_name=r.patient_name or "",
+                patient_id=r.patient_id or "",
+                series=tuple(by_study.get(r.study_uid, [])),
+            )
+            for r in study_rows
+        ]
+
+
+def _add_event(
+    conn: Connection,
+    now: float,
+    kind: str,
+    header: InstanceHeader,
+    detail: dict[str, Any] | None,
+    *,
+    series_level: bool = True,
+) -> None:
+    conn.execute(
+        insert(events).values(
+            at=now,
+            kind=kind,
+            study_uid=header.study_uid,
+            series_uid=header.series_uid if series_level else None,
+            sop_instance_uid=header.sop_instance_uid if kind == "instance_replaced" else None,
+            detail=json.dumps(detail) if detail else None,
+        )
+    )

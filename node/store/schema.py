@@ -1,0 +1,114 @@
+"""The SQL index: tables for studies, series, instances, jobs and events.
+
+Portable SQL only (SQLAlchemy Core, no dialect-specific statements), so the same
+schema runs on SQLite for one node and on PostgreSQL for several. Times are
+seconds since the epoch (UTC) as floats.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+UID = String(64)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("study_uid", UID, primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("source", String(64)),
+    Column("instance_count", Integer, nullable=False, default=0),
+    Column("first_received_at", Float, nullable=False),
+    Column("last_received_at", Float, nullable=False),
+    Column("completed_at", Float),
+    Column("study_date", String(8)),
+    Column("study_description", String(64)),
+    # Patient attributes stay in the index, which lives beside the images; they are
+    # shown only by `radnode studies --show-phi` and never logged.
+    Column("patient_name", String(324)),
+    Column("patient_id", String(64)),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("series_uid", UID, primary_key=True),
+    Column("study_uid", UID, ForeignKey("studies.study_uid"), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("generation", Integer, nullable=False, default=1),
+    Column("source", String(64)),
+    Column("modality", String(16)),
+    Column("series_number", Integer),
+    Column("series_description", String(64)),
+    Column("body_part", String(16)),
+    Column("instance_count", Integer, nullable=False, default=0),
+    Column("first_received_at", Float, nullable=False),
+    Column("last_received_at", Float, nullable=False),
+    Column("completed_at", Float),
+    Index("ix_series_study", "study_uid"),
+    Index("ix_series_state", "state", "last_received_at"),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("sop_instance_uid", UID, primary_key=True),
+    Column("series_uid", UID, ForeignKey("series.series_uid"), nullable=False),
+    Column("study_uid", UID, nullable=False),
+    Column("sop_class_uid", UID, nullable=False),
+    Column("transfer_syntax_uid", UID, nullable=False),
+    Column("relpath", String(255), nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("source", String(64)),
+    Column("calling_ae", String(16)),
+    Column("received_at", Float, nullable=False),
+    Index("ix_instances_series", "series_uid"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("study_uid", UID, nullable=False),
+    Column("series_uid", UID, nullable=False),
+    Column("route", String(64), nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", Float),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_jobs_state", "state", "priority"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("study_uid", UID),
+    Column("series_uid", UID),
+    Column("sop_instance_uid", UID),
+    Column("job_id", String(36)),
+    # JSON without patient data: counts, reasons, AE titles, digests.
+    Column("detail", Text),
+    Index("ix_events_kind", "kind", "at"),
+)
