@@ -4,4 +4,5 @@ import sys
 
 from node.cli.main import main
 
-sys.exit(main())
+if __name__ == "__main__":  # listener processes re-import this module when spawned
+    sys.exit(main())

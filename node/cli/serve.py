@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import signal
+import socket
 import sys
 import threading
 from multiprocessing.process import BaseProcess
@@ -16,19 +17,21 @@ import structlog
 from node.assembly import CompletionSweeper
 from node.config import NodeConfig
 from node.ingest import AssociationLimiter, DicomListener
+from node.ingest.scp import open_shared_socket
 from node.logs import configure_logging
 from node.store import InstanceIndex, InstanceStore
+from node.store.index import WriteLock
 
 log = structlog.get_logger("radnode.serve")
 
 _PR_SET_PDEATHSIG = 1
 
 
-def open_store(config: NodeConfig) -> InstanceStore:
+def open_store(config: NodeConfig, write_lock: WriteLock | None = None) -> InstanceStore:
     """The instance store and index the configuration names."""
     storage = config.storage
     storage.root.mkdir(parents=True, exist_ok=True)
-    index = InstanceIndex(storage.resolved_index_url())
+    index = InstanceIndex(storage.resolved_index_url(), write_lock)
     return InstanceStore(storage.root, index, reserve_bytes=storage.min_free_mb * 2**20)
 
 
@@ -39,17 +42,26 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _listener_process(config: NodeConfig, counter: Synchronized[int], number: int) -> None:
-    """Entry point of an extra listener process (same port, SO_REUSEPORT)."""
+def _listener_process(
+    config: NodeConfig,
+    counter: Synchronized[int],
+    write_lock: WriteLock,
+    listen_socket: socket.socket,
+    number: int,
+) -> None:
+    """Entry point of an extra listener process, accepting on the shared socket."""
     _die_with_parent()
     configure_logging(config.logging.level, config.logging.format)
     structlog.contextvars.bind_contextvars(listener=number)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    store = open_store(config)
+    store = open_store(config, write_lock)
     listener = DicomListener(
-        config, store, AssociationLimiter(config.node.max_associations, counter), reuse_port=True
+        config,
+        store,
+        AssociationLimiter(config.node.max_associations, counter),
+        listen_socket=listen_socket,
     )
     listener.start()
     stop.wait()
@@ -60,7 +72,9 @@ def _listener_process(config: NodeConfig, counter: Synchronized[int], number: in
 def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
     """Run the node until SIGTERM or SIGINT; return the exit code."""
     stop = stop or threading.Event()
-    store = open_store(config)
+    context = multiprocessing.get_context("spawn")
+    write_lock = context.Lock()
+    store = open_store(config, write_lock)
     report = store.reindex()
     log.info(
         "storage_ready",
@@ -72,8 +86,9 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
     )
     limiter = AssociationLimiter(config.node.max_associations)
     extra = config.node.listener_processes - 1
-    listener = DicomListener(config, store, limiter, reuse_port=extra > 0)
     try:
+        shared = open_shared_socket(config.node.host, config.node.port) if extra else None
+        listener = DicomListener(config, store, limiter, listen_socket=shared)
         listener.start()
     except OSError as exc:
         log.error(
@@ -87,13 +102,12 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
         store.index.close()
         return 1
 
-    context = multiprocessing.get_context("spawn")
     children: dict[int, BaseProcess] = {}
 
     def start_child(number: int) -> None:
         process = context.Process(
             target=_listener_process,
-            args=(config, limiter.counter, number),
+            args=(config, limiter.counter, write_lock, shared, number),
             name=f"radnode-listener-{number}",
             daemon=True,
         )

@@ -11,7 +11,10 @@ class AssociationLimiter:
 
     def __init__(self, limit: int, counter: Synchronized[int] | None = None) -> None:
         self.limit = limit
-        self.counter: Synchronized[int] = counter or multiprocessing.Value("i", 0)
+        # Made in the spawn context, the one listener processes are started in.
+        self.counter: Synchronized[int] = counter or multiprocessing.get_context("spawn").Value(
+            "i", 0
+        )
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free."""

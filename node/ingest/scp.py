@@ -27,7 +27,8 @@ from node.errors import InvalidInput, StorageFull
 from node.domain import status as st
 from node.ingest.limiter import AssociationLimiter
 from node.ingest.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
-from node.store import InstanceStore, read_header
+from node.store import InstanceStore, check_uid, read_header
+from node.store.filemeta import encode_file_meta
 
 log = structlog.get_logger("radnode.ingest")
 
@@ -47,14 +48,22 @@ class _Server(ThreadedAssociationServer):  # type: ignore[misc]
     """pynetdicom's threaded server with the socket options the node needs."""
 
     daemon_threads = True
-    reuse_port = False
+    shared_socket: socket.socket | None = None
 
     def server_bind(self) -> None:
-        if self.reuse_port:
-            # Several listener processes bind the same port; the kernel spreads
-            # incoming connections across them.
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        if self.shared_socket is None:
+            super().server_bind()
+            return
+        # Listener processes share one listening socket made by the supervisor. Each
+        # accepts when it is free to, so an idle process takes the next association
+        # rather than a busy one (SO_REUSEPORT would assign it by a hash instead).
+        self.socket.close()
+        self.socket = self.shared_socket
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.shared_socket is None:
+            super().server_activate()
 
     def shutdown(self) -> None:
         # pynetdicom's shutdown expects servers made by AE.start_server; this one was
@@ -75,6 +84,15 @@ def _reject(assoc: Association, result: int, source: int, reason: int) -> None:
     assoc.kill()
 
 
+def open_shared_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """A listening socket for several listener processes; non-blocking, so a process
+    that loses the race for a connection returns to waiting instead of hanging."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=backlog)
+    sock.setblocking(False)
+    return sock
+
+
 class DicomListener:
     """Accepts associations from configured sources and stores what they send."""
 
@@ -84,12 +102,12 @@ class DicomListener:
         store: InstanceStore,
         limiter: AssociationLimiter,
         *,
-        reuse_port: bool = False,
+        listen_socket: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.limiter = limiter
-        self.reuse_port = reuse_port
+        self.listen_socket = listen_socket
         self._sessions: dict[Association, _Session] = {}
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -117,7 +135,7 @@ class DicomListener:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        """Bind the port and serve associations in background threads."""
+        """Bind the port (or use the shared socket) and serve associations in threads."""
         node = self.config.node
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),
@@ -127,7 +145,7 @@ class DicomListener:
             (evt.EVT_ABORTED, self._on_end),
             (evt.EVT_CONN_CLOSE, self._on_end),
         ]
-        _Server.reuse_port = self.reuse_port
+        _Server.shared_socket = self.listen_socket
         self._server = self.ae.make_server(
             (node.host, node.port),
             ae_title=node.ae_title,
@@ -265,7 +283,13 @@ class DicomListener:
         sop_uid = str(request.AffectedSOPInstanceUID)
         bound = session.log.bind(sop_instance_uid=sop_uid)
         try:
-            data = event.encoded_dataset(include_meta=True)
+            meta = encode_file_meta(
+                check_uid("Affected SOP Class UID", request.AffectedSOPClassUID),
+                check_uid("Affected SOP Instance UID", sop_uid),
+                check_uid("Transfer Syntax UID", event.context.transfer_syntax),
+                session.info.calling_ae,
+            )
+            data = meta + event.encoded_dataset(include_meta=False)
             header = read_header(data)
         except InvalidInput as exc:
             session.outcomes["failed"] += 1

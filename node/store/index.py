@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     and_,
+    bindparam,
     create_engine,
     event,
     exists,
@@ -27,9 +28,35 @@ from sqlalchemy import (
 )
 
 from node.domain import InstanceHeader, SeriesState, StoreOutcome, StudyState
+from node.errors import InvalidInput
 from node.store.schema import events, instances, metadata, series, studies
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+WriteLock = AbstractContextManager[Any]
+
+# The statements on the per-instance path, built once: building a statement costs
+# more than executing it (SQLAlchemy compiles and caches by the statement's shape).
+_FIND_INSTANCE = select(instances.c.relpath, instances.c.sha256, instances.c.version).where(
+    instances.c.sop_instance_uid == bindparam("sop_uid")
+)
+_INSERT_INSTANCE = insert(instances)
+_REFRESH_STUDY = (
+    update(studies)
+    .where(studies.c.study_uid == bindparam("uid"), studies.c.state == StudyState.RECEIVING)
+    .values(
+        instance_count=studies.c.instance_count + bindparam("added"),
+        last_received_at=bindparam("now"),
+    )
+)
+_REFRESH_SERIES = (
+    update(series)
+    .where(series.c.series_uid == bindparam("uid"), series.c.state == SeriesState.RECEIVING)
+    .values(
+        instance_count=series.c.instance_count + bindparam("added"),
+        last_received_at=bindparam("now"),
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +138,11 @@ def _make_engine(url: str, begin: str) -> Engine:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed row survives a power cut, not only a crash.
-            cursor.execute("PRAGMA synchronous=FULL")
+            # NORMAL in WAL mode: a commit survives a crash of the process (kill -9)
+            # but may be lost in a power cut. Acknowledged instances stay safe either
+            # way: their files are fsynced before the commit, and the start-up scan
+            # indexes any file the index lacks. FULL would add an fsync per instance.
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
@@ -127,10 +157,17 @@ def _make_engine(url: str, begin: str) -> Engine:
 class InstanceIndex:
     """Studies, series, instances and events in SQL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, write_lock: WriteLock | None = None) -> None:
         self.url = url
         self._writer = _make_engine(url, "BEGIN IMMEDIATE")
         self._reader = _make_engine(url, "BEGIN")
+        # SQLite lets one writer in at a time and makes the others poll with growing
+        # sleeps (1, 2, 5, 10 ms...). Queuing writers of all listener processes on one
+        # lock instead keeps each wait as short as the write in front of it.
+        is_sqlite = url.startswith("sqlite")
+        self._write_lock: WriteLock = (
+            write_lock if write_lock is not None and is_sqlite else nullcontext()
+        )
         metadata.create_all(self._writer)
 
     def close(self) -> None:
@@ -140,7 +177,7 @@ class InstanceIndex:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._writer.begin() as conn:
+        with self._write_lock, self._writer.begin() as conn:
             yield conn
 
     @contextmanager
@@ -153,11 +190,7 @@ class InstanceIndex:
     def find_instance(self, sop_instance_uid: str) -> IndexedInstance | None:
         """The indexed instance with this SOP Instance UID, if any."""
         with self._read() as conn:
-            row = conn.execute(
-                select(
-                    instances.c.relpath, instances.c.sha256, instances.c.version
-                ).where(instances.c.sop_instance_uid == sop_instance_uid)
-            ).first()
+            row = conn.execute(_FIND_INSTANCE, {"sop_uid": sop_instance_uid}).first()
         if row is None:
             return None
         return IndexedInstance(sop_instance_uid, row.relpath, row.sha256, row.version)
@@ -175,30 +208,33 @@ class InstanceIndex:
     ) -> RecordedInstance:
         """Index an instance whose file is already durable; update its series and study."""
         with self._write() as conn:
-            row = conn.execute(
-                select(instances.c.sha256, instances.c.version).where(
-                    instances.c.sop_instance_uid == header.sop_instance_uid
+            row = conn.execute(_FIND_INSTANCE, {"sop_uid": header.sop_instance_uid}).first()
+            if row is not None and row.relpath != relpath:
+                raise InvalidInput(
+                    f"SOPInstanceUID {header.sop_instance_uid} was received before in "
+                    f"{row.relpath.rsplit('/', 1)[0]} (study/series); a SOP instance cannot "
+                    "move to another series"
                 )
-            ).first()
             if row is not None and row.sha256 == sha256:
                 return RecordedInstance(StoreOutcome.DUPLICATE, row.version, False, False, None)
             new_series, reopened = self._touch_series(conn, header, source, now, row is None)
             if row is None:
                 conn.execute(
-                    insert(instances).values(
-                        sop_instance_uid=header.sop_instance_uid,
-                        series_uid=header.series_uid,
-                        study_uid=header.study_uid,
-                        sop_class_uid=header.sop_class_uid,
-                        transfer_syntax_uid=header.transfer_syntax_uid,
-                        relpath=relpath,
-                        size_bytes=size,
-                        sha256=sha256,
-                        version=1,
-                        source=source,
-                        calling_ae=calling_ae,
-                        received_at=now,
-                    )
+                    _INSERT_INSTANCE,
+                    {
+                        "sop_instance_uid": header.sop_instance_uid,
+                        "series_uid": header.series_uid,
+                        "study_uid": header.study_uid,
+                        "sop_class_uid": header.sop_class_uid,
+                        "transfer_syntax_uid": header.transfer_syntax_uid,
+                        "relpath": relpath,
+                        "size_bytes": size,
+                        "sha256": sha256,
+                        "version": 1,
+                        "source": source,
+                        "calling_ae": calling_ae,
+                        "received_at": now,
+                    },
                 )
                 return RecordedInstance(StoreOutcome.STORED, 1, new_series, reopened, None)
             version = row.version + 1
@@ -235,44 +271,26 @@ class InstanceIndex:
         now: float,
         is_new_instance: bool,
     ) -> tuple[bool, bool]:
-        """Create or refresh the series and study rows; reopen them if complete."""
-        added = 1 if is_new_instance else 0
-        study = conn.execute(
-            select(studies.c.state).where(studies.c.study_uid == header.study_uid)
-        ).first()
-        if study is None:
-            conn.execute(
-                insert(studies).values(
-                    study_uid=header.study_uid,
-                    state=StudyState.RECEIVING,
-                    source=source,
-                    instance_count=added,
-                    first_received_at=now,
-                    last_received_at=now,
-                    study_date=header.study_date[:8],
-                    study_description=header.study_description[:64],
-                    patient_name=header.patient_name[:324],
-                    patient_id=header.patient_id[:64],
-                )
-            )
-        else:
-            conn.execute(
-                update(studies)
-                .where(studies.c.study_uid == header.study_uid)
-                .values(
-                    state=StudyState.RECEIVING,
-                    completed_at=None,
-                    instance_count=studies.c.instance_count + added,
-                    last_received_at=now,
-                )
-            )
-            if study.state == StudyState.COMPLETE:
-                _add_event(conn, now, "study_reopened", header, None, series_level=False)
+        """Create or refresh the series and study rows; reopen them if complete.
 
+        The common case (more instances for a receiving series) is one UPDATE each;
+        the rarer cases (first instance, instance after completion) read the state.
+        Returns (series is new, series was reopened).
+        """
+        added = 1 if is_new_instance else 0
+        refreshed = conn.execute(
+            _REFRESH_STUDY, {"uid": header.study_uid, "added": added, "now": now}
+        )
+        if refreshed.rowcount == 0:
+            self._open_study(conn, header, source, now, added)
+
+        refreshed = conn.execute(
+            _REFRESH_SERIES, {"uid": header.series_uid, "added": added, "now": now}
+        )
+        if refreshed.rowcount == 1:
+            return False, False
         current = conn.execute(
-            select(series.c.state, series.c.generation).where(
-                series.c.series_uid == header.series_uid
-            )
+            select(series.c.generation).where(series.c.series_uid == header.series_uid)
         ).first()
         if current is None:
             conn.execute(
@@ -293,22 +311,55 @@ class InstanceIndex:
             )
             _add_event(conn, now, "series_opened", header, {"source": source})
             return True, False
-        reopened = current.state == SeriesState.COMPLETE
-        values: dict[str, Any] = {
-            "instance_count": series.c.instance_count + added,
-            "last_received_at": now,
-        }
-        if reopened:
-            values.update(
+        generation = current.generation + 1
+        conn.execute(
+            update(series)
+            .where(series.c.series_uid == header.series_uid)
+            .values(
                 state=SeriesState.RECEIVING,
-                generation=current.generation + 1,
+                generation=generation,
                 completed_at=None,
+                instance_count=series.c.instance_count + added,
+                last_received_at=now,
             )
-            _add_event(
-                conn, now, "series_reopened", header, {"generation": current.generation + 1}
+        )
+        _add_event(conn, now, "series_reopened", header, {"generation": generation})
+        return False, True
+
+    def _open_study(
+        self, conn: Connection, header: InstanceHeader, source: str | None, now: float, added: int
+    ) -> None:
+        """Insert a new study row, or reopen a complete one."""
+        exists_already = conn.execute(
+            select(studies.c.state).where(studies.c.study_uid == header.study_uid)
+        ).first()
+        if exists_already is None:
+            conn.execute(
+                insert(studies).values(
+                    study_uid=header.study_uid,
+                    state=StudyState.RECEIVING,
+                    source=source,
+                    instance_count=added,
+                    first_received_at=now,
+                    last_received_at=now,
+                    study_date=header.study_date[:8],
+                    study_description=header.study_description[:64],
+                    patient_name=header.patient_name[:324],
+                    patient_id=header.patient_id[:64],
+                )
             )
-        conn.execute(update(series).where(series.c.series_uid == header.series_uid).values(values))
-        return False, reopened
+            return
+        conn.execute(
+            update(studies)
+            .where(studies.c.study_uid == header.study_uid)
+            .values(
+                state=StudyState.RECEIVING,
+                completed_at=None,
+                instance_count=studies.c.instance_count + added,
+                last_received_at=now,
+            )
+        )
+        _add_event(conn, now, "study_reopened", header, None, series_level=False)
 
     def indexed_relpaths(self) -> set[str]:
         """Every relative path the index knows."""

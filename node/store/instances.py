@@ -63,30 +63,30 @@ class InstanceStore:
     ) -> StoreResult:
         """Store one received instance durably and index it.
 
-        Identical bytes for a known SOP Instance UID are a duplicate and write
-        nothing; different bytes replace the file as a new version. Raises
-        StorageFull when the disk is below its reserve, with nothing written.
+        Identical bytes for a known SOP Instance UID are a duplicate and leave the
+        index as it was; different bytes replace the file as a new version. Raises
+        StorageFull when the disk is below its reserve, with nothing written, and
+        InvalidInput when the SOP instance was received before in another series.
         """
         relpath = instance_relpath(header.study_uid, header.series_uid, header.sop_instance_uid)
         digest = hashlib.sha256(data).hexdigest()
-        known = self.index.find_instance(header.sop_instance_uid)
-        if known is not None and known.sha256 == digest and self.path_of(known.relpath).exists():
-            return StoreResult(StoreOutcome.DUPLICATE, known.version, known.relpath, len(data))
-        if known is not None and known.relpath != relpath:
-            raise InvalidInput(
-                f"SOPInstanceUID {header.sop_instance_uid} was received before in series "
-                f"{known.relpath.split('/')[1]}; a SOP instance cannot move between series"
-            )
+        # Write first, index second: a crash in between leaves a file the start-up
+        # scan indexes. A duplicate rewrites identical bytes, which is harmless and
+        # cheaper than a look-up before every write.
         write_atomically(self.root, relpath, data, self.reserve_bytes)
-        recorded = self.index.record_instance(
-            header,
-            relpath=relpath,
-            size=len(data),
-            sha256=digest,
-            source=source,
-            calling_ae=calling_ae,
-            now=self._clock(),
-        )
+        try:
+            recorded = self.index.record_instance(
+                header,
+                relpath=relpath,
+                size=len(data),
+                sha256=digest,
+                source=source,
+                calling_ae=calling_ae,
+                now=self._clock(),
+            )
+        except InvalidInput:
+            self.path_of(relpath).unlink(missing_ok=True)
+            raise
         return StoreResult(
             recorded.outcome,
             recorded.version,
