@@ -84,6 +84,7 @@ class NodeProcess:
         return Path(self.config["storage"]["root"])
 
     def start(self, timeout: float = 30.0) -> NodeProcess:
+        offset = len(self.log_text())
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "node", "serve", "--config", str(self.config_path)],
@@ -97,7 +98,7 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited early:\n{self.log_text()[-3000:]}")
-            if '"node_started"' in self.log_text():
+            if '"node_started"' in self.log_text()[offset:]:
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"node did not start in {timeout} s:\n{self.log_text()[-3000:]}")

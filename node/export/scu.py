@@ -18,6 +18,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -199,7 +200,12 @@ def send_files(
     timeout: float = 30.0,
     progress: Callable[[int], None] | None = None,
 ) -> SendReport:
-    """C-STORE every DICOM file under `paths` to the target over N associations."""
+    """C-STORE every DICOM file under `paths` to the target over N associations.
+
+    Files are sent as they are on disk, without decoding, in their own transfer
+    syntax (which is proposed for their SOP class).
+    """
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     report = SendReport()
     files, missing = collect_files(paths)
     report.skipped.extend(missing)

@@ -93,6 +93,20 @@ def open_shared_socket(host: str, port: int, backlog: int = 128) -> socket.socke
     return sock
 
 
+def _how_it_ended(event: evt.Event) -> str:
+    """released, aborted, or connection closed, whichever event came first."""
+    if event.event == evt.EVT_RELEASED:
+        return "released"
+    if event.event == evt.EVT_ABORTED:
+        return "aborted"
+    # The connection can close before the A-ABORT is handed up; it is queued by then.
+    try:
+        aborted = bool(event.assoc.acse.is_aborted())
+    except Exception:  # the queue may already be gone; the close itself is what we know
+        aborted = False
+    return "aborted" if aborted else "connection closed"
+
+
 class DicomListener:
     """Accepts associations from configured sources and stores what they send."""
 
@@ -249,7 +263,7 @@ class DicomListener:
             self.limiter.release()
         session.log.info(
             "association_closed",
-            how=event.event.name.removeprefix("EVT_").lower(),
+            how=_how_it_ended(event),
             studies=sorted(session.studies),
             **dict(session.outcomes),
         )

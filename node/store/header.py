@@ -6,6 +6,7 @@ import re
 from io import BytesIO
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -17,6 +18,11 @@ from node.errors import InvalidInput
 # A UID is digits separated by single dots, at most 64 characters (PS3.5 9.1). The
 # node also uses UIDs as folder names, so this check keeps paths inside the root.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+# Received data sets are read leniently: values outside their VR's rules are common in
+# the field and pydicom would warn on every one. The node checks what it relies on
+# (the UIDs below) itself and rejects with a reason.
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 _REQUIRED_UIDS = (
     ("StudyInstanceUID", "study_uid"),
