@@ -196,7 +196,7 @@ def main() -> int:
     ref = results["DCMTK storescp"]
     orthanc = results["Orthanc"]
     print()
-    print(f"| receiver | 1 association | 4 associations |")
+    print("| receiver | 1 association | 4 associations |")
     print("|---|---|---|")
     for name, by_count in results.items():
         cells = []
@@ -210,8 +210,10 @@ def main() -> int:
                 cell += ")"
             cells.append(cell)
         print(f"| {name} | {cells[0]} | {cells[1]} |")
-    print(f"\nmedian of {args.repeat} runs each; storescu with TCP_NODELAY=1; "
-          f"{len(files)} images per run")
+    print(
+        f"\nmedian of {args.repeat} runs each; storescu with TCP_NODELAY=1; "
+        f"{len(files)} images per run"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -35,8 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--config",
             metavar="FILE",
-            help="the node's YAML configuration (default: $RADNODE_CONFIG, else "
-            "config/node.yaml)",
+            help="the node's YAML configuration (default: $RADNODE_CONFIG, else config/node.yaml)",
         )
 
     p = sub.add_parser("serve", help="run the node: DICOM listener and completion")
@@ -64,9 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("studies", help="list received studies and their series")
     with_config(p)
     p.add_argument("--limit", type=int, default=50, help="how many studies (default 50)")
-    p.add_argument(
-        "--show-phi", action="store_true", help="also show patient name and ID (PHI)"
-    )
+    p.add_argument("--show-phi", action="store_true", help="also show patient name and ID (PHI)")
     return parser
 
 
@@ -84,29 +81,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     command: str = args.command
-    needs_config = command in {"serve", "check-config", "studies"}
-    config: NodeConfig | None = None
-    if needs_config or args.config or resolve_config_path(None).exists():
-        config = load_config(args.config)
+    if command in {"echo", "send"}:
+        # A config is optional here: AET@host:port works without one.
+        optional = load_config(args.config) if _has_config(args) else None
+        return _echo(args, optional) if command == "echo" else _send(args, optional)
+    config = load_config(args.config)
     if command == "check-config":
-        assert config is not None
         print(f"{resolve_config_path(args.config)}: valid\n")
         print(summarise_config(config))
         return EXIT_OK
     if command == "serve":
-        assert config is not None
         from node.cli.serve import serve
 
         configure_logging(config.logging.level, config.logging.format)
         return serve(config)
-    if command == "echo":
-        return _echo(args, config)
-    if command == "send":
-        return _send(args, config)
-    if command == "studies":
-        assert config is not None
-        return _studies(args, config)
-    raise AssertionError(command)
+    return _studies(args, config)
+
+
+def _has_config(args: argparse.Namespace) -> bool:
+    return bool(args.config) or resolve_config_path(None).exists()
 
 
 def _target(text: str, config: NodeConfig | None) -> Target:
@@ -163,8 +156,11 @@ def _send(args: argparse.Namespace, config: NodeConfig | None) -> int:
         f"{len(report.failures)} failed, {len(report.skipped)} skipped "
         f"in {report.seconds:.1f} s ({rate:.0f} files/s)"
     )
-    for label, rows in (("warning", report.warnings), ("failed", report.failures),
-                        ("skipped", report.skipped)):
+    for label, rows in (
+        ("warning", report.warnings),
+        ("failed", report.failures),
+        ("skipped", report.skipped),
+    ):
         for path, reason in rows:
             print(f"  {label}: {path}: {reason}")
     return EXIT_OK if not report.failures and report.sent else EXIT_FAILED

@@ -305,9 +305,7 @@ def field_hint(loc: tuple[int | str, ...]) -> str | None:
             continue
         field = model.model_fields.get(str(part))
         if field is None:
-            field = next(
-                (f for f in model.model_fields.values() if f.alias == part), None
-            )
+            field = next((f for f in model.model_fields.values() if f.alias == part), None)
         if field is None:
             return None
         description = field.description

@@ -22,7 +22,6 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node.errors import ConfigError
 from node.domain.status import (
     REASON_CALLED_AE_NOT_RECOGNIZED,
     REASON_CALLING_AE_NOT_RECOGNIZED,
@@ -31,8 +30,11 @@ from node.domain.status import (
     describe_rejection,
     describe_status,
 )
+from node.errors import ConfigError
 
-_TARGET = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9a-fA-F:.]+\]|[^:@\s]+):(?P<port>\d{1,5})$")
+_TARGET = re.compile(
+    r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9a-fA-F:.]+\]|[^:@\s]+):(?P<port>\d{1,5})$"
+)
 MAX_CONTEXTS = 128
 
 
@@ -91,24 +93,31 @@ def _check_tcp(target: Target, timeout: float) -> str | None:
         return f"cannot connect to {target.host}:{target.port}: {exc.strerror or exc}"
 
 
-def _explain_failed_association(assoc: Association, calling_ae: str, target: Target) -> str:
-    if assoc.is_rejected:
-        primitive = assoc.acceptor.primitive
-        result, source, reason = primitive.result, primitive.result_source, primitive.diagnostic
-        text = describe_rejection(result, source, reason)
+def _explain_failed_association(
+    assoc: Association, calling_ae: str, target: Target, waited: float, timeout: float
+) -> str:
+    if not assoc.is_rejected and waited >= timeout * 0.9:
+        # pynetdicom aborts by itself when the ACSE timeout passes
+        return (
+            f"no association response in time ({timeout:g} s): the port accepts connections "
+            "but does not answer as DICOM; check that it is the peer's DICOM port"
+        )
+    primitive = assoc.acceptor.primitive
+    if assoc.is_rejected and primitive is not None:
+        source = int(primitive.result_source or 0)
+        reason = int(primitive.diagnostic or 0)
+        text = describe_rejection(int(primitive.result or 0), source, reason)
         if source == SOURCE_SERVICE_USER and reason == REASON_CALLING_AE_NOT_RECOGNIZED:
             text += (
                 f". The peer does not know this node as {calling_ae!r} from this host: add it "
                 "to the peer's list of DICOM nodes, or use --calling-ae with a title it knows"
             )
         elif source == SOURCE_SERVICE_USER and reason == REASON_CALLED_AE_NOT_RECOGNIZED:
-            text += (
-                f". The peer does not answer to {target.ae_title!r}: check its AE title"
-            )
+            text += f". The peer does not answer to {target.ae_title!r}: check its AE title"
         return f"association {text}"
     if assoc.is_aborted:
         return "the peer aborted the association (it may not accept these SOP classes)"
-    return "no association response in time: the port answers but does not speak DICOM?"
+    return "the association failed for an unknown reason; see the peer's log"
 
 
 def echo(target: Target, calling_ae: str, timeout: float = 10.0) -> EchoResult:
@@ -127,8 +136,11 @@ def echo(target: Target, calling_ae: str, timeout: float = 10.0) -> EchoResult:
     assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
     associate_ms = (time.perf_counter() - start) * 1000
     if not assoc.is_established:
+        waited = associate_ms / 1000
         return EchoResult(
-            False, _explain_failed_association(assoc, calling_ae, target), connect_ms
+            False,
+            _explain_failed_association(assoc, calling_ae, target, waited, timeout),
+            connect_ms,
         )
     try:
         start = time.perf_counter()
@@ -198,7 +210,7 @@ def send_files(
     *,
     associations: int = 1,
     timeout: float = 30.0,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> SendReport:
     """C-STORE every DICOM file under `paths` to the target over N associations.
 
@@ -235,9 +247,11 @@ def send_files(
         ae.requested_contexts = contexts
         problem = _check_tcp(target, timeout)
         if problem is None:
+            began = time.perf_counter()
             assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
             if not assoc.is_established:
-                problem = _explain_failed_association(assoc, calling_ae, target)
+                waited = time.perf_counter() - began
+                problem = _explain_failed_association(assoc, calling_ae, target, waited, timeout)
         if problem is not None:
             with lock:
                 report.failures.extend((item.path, problem) for item in chunk)

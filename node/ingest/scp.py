@@ -13,18 +13,19 @@ import threading
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeConfig
 from node.domain import AssociationInfo, StoreOutcome
-from node.errors import InvalidInput, StorageFull
 from node.domain import status as st
+from node.errors import InvalidInput, StorageFull
 from node.ingest.limiter import AssociationLimiter
 from node.ingest.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
 from node.store import InstanceStore, check_uid, read_header
@@ -44,7 +45,7 @@ class _Session:
     studies: set[str] = field(default_factory=set)
 
 
-class _Server(ThreadedAssociationServer):  # type: ignore[misc]
+class _Server(ThreadedAssociationServer):
     """pynetdicom's threaded server with the socket options the node needs."""
 
     daemon_threads = True
@@ -57,7 +58,8 @@ class _Server(ThreadedAssociationServer):  # type: ignore[misc]
         # Listener processes share one listening socket made by the supervisor. Each
         # accepts when it is free to, so an idle process takes the next association
         # rather than a busy one (SO_REUSEPORT would assign it by a hash instead).
-        self.socket.close()
+        if self.socket is not None:
+            self.socket.close()
         self.socket = self.shared_socket
         self.server_address = self.socket.getsockname()
 
@@ -102,7 +104,7 @@ def _how_it_ended(event: evt.Event) -> str:
     # The connection can close before the A-ABORT is handed up; it is queued by then.
     try:
         aborted = bool(event.assoc.acse.is_aborted())
-    except Exception:  # the queue may already be gone; the close itself is what we know
+    except Exception:  # noqa: BLE001 - the queue may be gone; the close is what we know
         aborted = False
     return "aborted" if aborted else "connection closed"
 
@@ -138,7 +140,8 @@ class DicomListener:
         ae.dimse_timeout = node.network_timeout_seconds
         ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES)
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+            if context.abstract_syntax is not None:
+                ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         return ae
 
     @property
@@ -151,7 +154,7 @@ class DicomListener:
     def start(self) -> None:
         """Bind the port (or use the shared socket) and serve associations in threads."""
         node = self.config.node
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_c_echo),
             (evt.EVT_C_STORE, self._on_c_store),
@@ -160,15 +163,17 @@ class DicomListener:
             (evt.EVT_CONN_CLOSE, self._on_end),
         ]
         _Server.shared_socket = self.listen_socket
-        self._server = self.ae.make_server(
-            (node.host, node.port),
-            ae_title=node.ae_title,
-            evt_handlers=handlers,
-            server_class=_Server,
+        server = cast(
+            _Server,
+            self.ae.make_server(
+                (node.host, node.port),
+                ae_title=node.ae_title,
+                evt_handlers=handlers,
+                server_class=_Server,
+            ),
         )
-        thread = threading.Thread(
-            target=self._server.serve_forever, name="dicom-listener", daemon=True
-        )
+        self._server = server
+        thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
         thread.start()
         log.info(
             "dicom_listener_started",
@@ -191,6 +196,8 @@ class DicomListener:
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         primitive = assoc.requestor.primitive
+        if primitive is None:  # pynetdicom only fires EVT_REQUESTED with a request
+            return
         calling = str(primitive.calling_ae_title).strip()
         called = str(primitive.called_ae_title).strip()
         address, port = str(assoc.requestor.address), int(assoc.requestor.port)
@@ -293,7 +300,7 @@ class DicomListener:
 
     def _on_c_store(self, event: evt.Event) -> int:
         session = self._session(event.assoc)
-        request = event.request
+        request = cast(C_STORE, event.request)
         sop_uid = str(request.AffectedSOPInstanceUID)
         bound = session.log.bind(sop_instance_uid=sop_uid)
         try:
@@ -356,11 +363,9 @@ class DicomListener:
                 reason=f"storage error: {exc.strerror or exc}",
             )
             return st.OUT_OF_RESOURCES
-        except Exception:
+        except Exception:  # noqa: BLE001 - any bug: answer a failure, log the traceback
             session.outcomes["failed"] += 1
-            bound.exception(
-                "instance_not_stored", status=st.describe_status(st.PROCESSING_FAILURE)
-            )
+            bound.exception("instance_not_stored", status=st.describe_status(st.PROCESSING_FAILURE))
             return st.PROCESSING_FAILURE
         session.outcomes[result.outcome.value] += 1
         session.studies.add(header.study_uid)

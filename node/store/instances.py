@@ -10,7 +10,7 @@ from pathlib import Path
 
 import structlog
 
-from node.domain import InstanceHeader, StoreOutcome, StoreResult
+from node.domain import InstanceHeader, StoreResult
 from node.errors import InvalidInput
 from node.store.files import (
     instance_relpath,

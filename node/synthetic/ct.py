@@ -14,7 +14,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 
-
 @dataclass(frozen=True, slots=True)
 class SyntheticSeries:
     """What was written: the UIDs and the files, in slice order."""

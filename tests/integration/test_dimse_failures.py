@@ -122,7 +122,7 @@ def test_below_the_disk_reserve_the_answer_is_out_of_resources_and_nothing_is_wr
     assert "below the reserve" in str(event["reason"])
 
 
-def test_resent_identical_instance_is_a_success_without_duplicate_and_changed_bytes_are_a_new_version(
+def test_resent_identical_bytes_are_one_instance_and_changed_bytes_a_new_version(
     node_factory: NodeFactory, tmp_path: Path
 ) -> None:
     node = node_factory()
@@ -170,8 +170,17 @@ def test_kill_9_during_a_300_instance_push_loses_nothing_acknowledged(
     node = node_factory()
     series = write_ct_series(tmp_path / "ct", slices=300, rows=128, cols=128)
     push = subprocess.Popen(
-        [dcmtk("storescu"), "-v", "-aet", "STORESCU", "-aec", node.ae_title, "127.0.0.1",
-         str(node.port), *map(str, series.paths)],
+        [
+            dcmtk("storescu"),
+            "-v",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            node.ae_title,
+            "127.0.0.1",
+            str(node.port),
+            *map(str, series.paths),
+        ],
         env=dcmtk_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -197,8 +206,16 @@ def test_kill_9_during_a_300_instance_push_loses_nothing_acknowledged(
     assert not any(p.name.startswith(".partial-") for p in node.root.rglob("*"))
     # And the sender can finish the study on the restarted node
     rest = subprocess.run(
-        [dcmtk("storescu"), "-aet", "STORESCU", "-aec", node.ae_title, "127.0.0.1",
-         str(node.port), *map(str, series.paths)],
+        [
+            dcmtk("storescu"),
+            "-aet",
+            "STORESCU",
+            "-aec",
+            node.ae_title,
+            "127.0.0.1",
+            str(node.port),
+            *map(str, series.paths),
+        ],
         env=dcmtk_env(),
         capture_output=True,
         check=False,

@@ -27,15 +27,31 @@ NodeFactory = Callable[..., NodeProcess]
 
 def echoscu(node: NodeProcess, calling: str = "ECHOSCU", called: str | None = None):
     return run_tool(
-        [dcmtk("echoscu"), "-aet", calling, "-aec", called or node.ae_title,
-         "127.0.0.1", str(node.port)]
+        [
+            dcmtk("echoscu"),
+            "-aet",
+            calling,
+            "-aec",
+            called or node.ae_title,
+            "127.0.0.1",
+            str(node.port),
+        ]
     )
 
 
 def storescu(node: NodeProcess, files: list[Path], *options: str):
     return run_tool(
-        [dcmtk("storescu"), "-aet", "STORESCU", "-aec", node.ae_title, *options,
-         "127.0.0.1", str(node.port), *map(str, files)]
+        [
+            dcmtk("storescu"),
+            "-aet",
+            "STORESCU",
+            "-aec",
+            node.ae_title,
+            *options,
+            "127.0.0.1",
+            str(node.port),
+            *map(str, files),
+        ]
     )
 
 
@@ -124,8 +140,16 @@ def test_storescu_push_is_stored_byte_identical_and_indexed(
     chunks = [files[i::associations] for i in range(associations)]
     procs = [
         subprocess.Popen(
-            [dcmtk("storescu"), "-aet", "STORESCU", "-aec", node.ae_title, "127.0.0.1",
-             str(node.port), *map(str, chunk)],
+            [
+                dcmtk("storescu"),
+                "-aet",
+                "STORESCU",
+                "-aec",
+                node.ae_title,
+                "127.0.0.1",
+                str(node.port),
+                *map(str, chunk),
+            ],
             env=dcmtk_env(),
             stderr=subprocess.PIPE,
         )

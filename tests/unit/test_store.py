@@ -115,7 +115,7 @@ def test_reindex_finds_files_the_index_lacks_and_removes_partial_writes(
 
 
 def test_read_header_refuses_what_is_not_dicom() -> None:
-    with pytest.raises(InvalidInput, match="not a DICOM data set|cannot be decoded"):
+    with pytest.raises(InvalidInput, match=r"not a DICOM data set|cannot be decoded"):
         read_header(b"this is not DICOM at all" * 10)
 
 
