@@ -52,7 +52,6 @@ def _listener_process(
     """Entry point of an extra listener process, accepting on the shared socket."""
     _die_with_parent()
     configure_logging(config.logging.level, config.logging.format)
-    structlog.contextvars.bind_contextvars(listener=number)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -62,6 +61,7 @@ def _listener_process(
         store,
         AssociationLimiter(config.node.max_associations, counter),
         listen_socket=listen_socket,
+        number=number,
     )
     listener.start()
     stop.wait()

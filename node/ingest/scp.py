@@ -119,8 +119,10 @@ class DicomListener:
         limiter: AssociationLimiter,
         *,
         listen_socket: socket.socket | None = None,
+        number: int = 0,
     ) -> None:
         self.config = config
+        self.number = number
         self.store = store
         self.limiter = limiter
         self.listen_socket = listen_socket
@@ -210,7 +212,7 @@ class DicomListener:
             port=port,
             source=source.name if source else None,
         )
-        bound = log.bind(**info.log_fields())
+        bound = log.bind(**info.log_fields(), listener=self.number)
         self._prune_dead()
 
         if called != self.config.node.ae_title:

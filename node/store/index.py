@@ -8,6 +8,7 @@ assembly sweep) queue on the busy timeout instead of failing on a lock upgrade.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -57,6 +58,24 @@ _REFRESH_SERIES = (
         last_received_at=bindparam("now"),
     )
 )
+
+
+class _Prepared:
+    """A statement compiled once for one dialect, run on a raw DBAPI cursor.
+
+    The per-instance path spends more time in SQLAlchemy's execution machinery than
+    in the database; this keeps the SQL portable (compiled by SQLAlchemy for the
+    dialect in use) while skipping that machinery.
+    """
+
+    def __init__(self, statement: Any, dialect: Any) -> None:
+        self._compiled = statement.compile(dialect=dialect)
+        self.sql = str(self._compiled)
+        self._order = list(self._compiled.positiontup or [])
+
+    def params(self, values: dict[str, Any]) -> Any:
+        merged = self._compiled.construct_params(values)
+        return tuple(merged[name] for name in self._order) if self._order else merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +188,26 @@ class InstanceIndex:
             write_lock if write_lock is not None and is_sqlite else nullcontext()
         )
         metadata.create_all(self._writer)
+        # The per-instance fast path: one raw connection per process, used under a
+        # thread lock (SQLite admits one writer at a time anyway).
+        dialect = self._writer.dialect
+        self._fast_find = _Prepared(_FIND_INSTANCE, dialect)
+        self._fast_study = _Prepared(_REFRESH_STUDY, dialect)
+        self._fast_series = _Prepared(_REFRESH_SERIES, dialect)
+        self._fast_insert = _Prepared(
+            _INSERT_INSTANCE.values({c.name: bindparam(c.name) for c in instances.columns}),
+            dialect,
+        )
+        self._fast_begin = "BEGIN IMMEDIATE" if is_sqlite else None
+        self._fast_lock = threading.Lock()
+        self._fast_conn: Any = None
 
     def close(self) -> None:
         """Release database connections."""
+        with self._fast_lock:
+            if self._fast_conn is not None:
+                self._fast_conn.close()
+                self._fast_conn = None
         self._writer.dispose()
         self._reader.dispose()
 
@@ -207,6 +243,8 @@ class InstanceIndex:
         now: float,
     ) -> RecordedInstance:
         """Index an instance whose file is already durable; update its series and study."""
+        if self._record_new_instance_fast(header, relpath, size, sha256, source, calling_ae, now):
+            return RecordedInstance(StoreOutcome.STORED, 1, False, False, None)
         with self._write() as conn:
             row = conn.execute(_FIND_INSTANCE, {"sop_uid": header.sop_instance_uid}).first()
             if row is not None and row.relpath != relpath:
@@ -262,6 +300,77 @@ class InstanceIndex:
             return RecordedInstance(
                 StoreOutcome.NEW_VERSION, version, new_series, reopened, row.sha256
             )
+
+    def _record_new_instance_fast(
+        self,
+        header: InstanceHeader,
+        relpath: str,
+        size: int,
+        sha256: str,
+        source: str | None,
+        calling_ae: str | None,
+        now: float,
+    ) -> bool:
+        """The common case in one raw transaction: a new instance of a receiving series.
+
+        Returns False, having changed nothing, when the case is any other (known
+        instance, new or complete series or study); the caller then takes the full path.
+        """
+        refresh = {"added": 1, "now": now}
+        with self._write_lock, self._fast_lock:
+            if self._fast_conn is None:
+                self._fast_conn = self._writer.raw_connection()
+            conn = self._fast_conn
+            cursor = conn.cursor()
+            try:
+                if self._fast_begin:
+                    cursor.execute(self._fast_begin)
+                cursor.execute(
+                    self._fast_find.sql,
+                    self._fast_find.params({"sop_uid": header.sop_instance_uid}),
+                )
+                common = cursor.fetchone() is None
+                if common:
+                    cursor.execute(
+                        self._fast_study.sql,
+                        self._fast_study.params({"uid": header.study_uid, **refresh}),
+                    )
+                    common = cursor.rowcount == 1
+                if common:
+                    cursor.execute(
+                        self._fast_series.sql,
+                        self._fast_series.params({"uid": header.series_uid, **refresh}),
+                    )
+                    common = cursor.rowcount == 1
+                if not common:
+                    conn.rollback()
+                    return False
+                cursor.execute(
+                    self._fast_insert.sql,
+                    self._fast_insert.params(
+                        {
+                            "sop_instance_uid": header.sop_instance_uid,
+                            "series_uid": header.series_uid,
+                            "study_uid": header.study_uid,
+                            "sop_class_uid": header.sop_class_uid,
+                            "transfer_syntax_uid": header.transfer_syntax_uid,
+                            "relpath": relpath,
+                            "size_bytes": size,
+                            "sha256": sha256,
+                            "version": 1,
+                            "source": source,
+                            "calling_ae": calling_ae,
+                            "received_at": now,
+                        }
+                    ),
+                )
+                conn.commit()
+                return True
+            except BaseException:
+                conn.rollback()
+                raise
+            finally:
+                cursor.close()
 
     def _touch_series(
         self,
