@@ -10,8 +10,10 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -33,6 +35,8 @@ from node.store.filemeta import encode_file_meta
 
 log = structlog.get_logger("radnode.ingest")
 
+ACCEPT_DEFERRAL_SECONDS = 0.01
+
 
 @dataclass
 class _Session:
@@ -50,6 +54,7 @@ class _Server(ThreadedAssociationServer):
 
     daemon_threads = True
     shared_socket: socket.socket | None = None
+    busier_than_peers: Callable[[], bool] = staticmethod(lambda: False)
 
     def server_bind(self) -> None:
         if self.shared_socket is None:
@@ -74,6 +79,11 @@ class _Server(ThreadedAssociationServer):
         self.server_close()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        if self.busier_than_peers():
+            # Every listener process wakes for a new connection; one that already
+            # serves more than its share steps back briefly so an idler one takes it.
+            # If none does, this one accepts after the pause.
+            time.sleep(ACCEPT_DEFERRAL_SECONDS)
         client, address = super().get_request()
         # Small PDUs (C-STORE responses) must not wait for Nagle's algorithm.
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -165,6 +175,7 @@ class DicomListener:
             (evt.EVT_CONN_CLOSE, self._on_end),
         ]
         _Server.shared_socket = self.listen_socket
+        _Server.busier_than_peers = staticmethod(self._busier_than_peers)
         server = cast(
             _Server,
             self.ae.make_server(
@@ -276,6 +287,15 @@ class DicomListener:
             studies=sorted(session.studies),
             **dict(session.outcomes),
         )
+
+    def _busier_than_peers(self) -> bool:
+        """True when this process holds more associations than the others' average."""
+        peers = self.config.node.listener_processes - 1
+        if self.listen_socket is None or peers < 1:
+            return False
+        with self._lock:
+            mine = len(self._sessions)
+        return mine > 0 and mine * peers > self.limiter.in_use - mine
 
     def _prune_dead(self) -> None:
         """Release slots of associations whose threads ended without a close event."""
