@@ -25,13 +25,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeConfig
-from node.domain import AssociationInfo, StoreOutcome
+from node.domain import AssociationInfo, InstanceHeader, StoreOutcome
 from node.domain import status as st
 from node.errors import InvalidInput, StorageFull
+from node.ingest import tuning
 from node.ingest.limiter import AssociationLimiter
 from node.ingest.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
-from node.store import InstanceStore, check_uid, read_header
-from node.store.filemeta import encode_file_meta
+from node.store import InstanceStore, check_uid
 
 log = structlog.get_logger("radnode.ingest")
 
@@ -142,6 +142,8 @@ class DicomListener:
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
+        tuning.install()
+        tuning.receive_into(self.store.staging_dir)
         node = self.config.node
         ae = AE(ae_title=node.ae_title)
         ae.maximum_pdu_size = node.max_pdu_bytes
@@ -324,71 +326,39 @@ class DicomListener:
         session = self._session(event.assoc)
         request = cast(C_STORE, event.request)
         sop_uid = str(request.AffectedSOPInstanceUID)
+        sop_class = str(request.AffectedSOPClassUID)
         bound = session.log.bind(sop_instance_uid=sop_uid)
+
+        def matches_request(header: InstanceHeader) -> None:
+            if header.sop_instance_uid != sop_uid or header.sop_class_uid != sop_class:
+                raise DataSetMismatch(
+                    f"the data set is SOP instance {header.sop_instance_uid} of class "
+                    f"{header.sop_class_uid}; the request announced {sop_uid} of {sop_class}"
+                )
+
         try:
-            meta = encode_file_meta(
-                check_uid("Affected SOP Class UID", request.AffectedSOPClassUID),
-                check_uid("Affected SOP Instance UID", sop_uid),
-                check_uid("Transfer Syntax UID", event.context.transfer_syntax),
-                session.info.calling_ae,
-            )
-            data = meta + event.encoded_dataset(include_meta=False)
-            header = read_header(data)
-        except InvalidInput as exc:
-            session.outcomes["failed"] += 1
-            bound.warning(
-                "instance_rejected",
-                status=st.describe_status(st.CANNOT_UNDERSTAND),
-                reason=str(exc),
-            )
-            return st.CANNOT_UNDERSTAND
-        bound = bound.bind(study_uid=header.study_uid, series_uid=header.series_uid)
-        if header.sop_instance_uid != sop_uid or header.sop_class_uid != str(
-            request.AffectedSOPClassUID
-        ):
-            session.outcomes["failed"] += 1
-            bound.warning(
-                "instance_rejected",
-                status=st.describe_status(st.DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
-                reason="the data set's SOP Class or Instance UID differs from the request's",
-                dataset_sop_instance_uid=header.sop_instance_uid,
-            )
-            return st.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
-        try:
-            result = self.store.store_instance(
-                header,
-                data,
+            check_uid("Affected SOP Class UID", sop_class)
+            check_uid("Affected SOP Instance UID", sop_uid)
+            header, result = self.store.receive_file(
+                event.dataset_path,
+                check=matches_request,
                 source=session.info.source,
                 calling_ae=session.info.calling_ae,
             )
-        except StorageFull as exc:
-            session.outcomes["failed"] += 1
-            bound.error(
-                "instance_not_stored",
-                status=st.describe_status(st.OUT_OF_RESOURCES),
-                reason=str(exc),
-            )
-            return st.OUT_OF_RESOURCES
+        except DataSetMismatch as exc:
+            return _refuse(session, bound, st.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, str(exc))
         except InvalidInput as exc:
-            session.outcomes["failed"] += 1
-            bound.warning(
-                "instance_rejected",
-                status=st.describe_status(st.CANNOT_UNDERSTAND),
-                reason=str(exc),
-            )
-            return st.CANNOT_UNDERSTAND
+            return _refuse(session, bound, st.CANNOT_UNDERSTAND, str(exc))
+        except StorageFull as exc:
+            return _refuse(session, bound, st.OUT_OF_RESOURCES, str(exc))
         except OSError as exc:
-            session.outcomes["failed"] += 1
-            bound.error(
-                "instance_not_stored",
-                status=st.describe_status(st.OUT_OF_RESOURCES),
-                reason=f"storage error: {exc.strerror or exc}",
-            )
-            return st.OUT_OF_RESOURCES
+            reason = f"storage error: {exc.strerror or exc}"
+            return _refuse(session, bound, st.OUT_OF_RESOURCES, reason)
         except Exception:  # noqa: BLE001 - any bug: answer a failure, log the traceback
             session.outcomes["failed"] += 1
             bound.exception("instance_not_stored", status=st.describe_status(st.PROCESSING_FAILURE))
             return st.PROCESSING_FAILURE
+        bound = bound.bind(study_uid=header.study_uid, series_uid=header.series_uid)
         session.outcomes[result.outcome.value] += 1
         session.studies.add(header.study_uid)
         if result.outcome is StoreOutcome.NEW_VERSION:
@@ -400,3 +370,17 @@ class DicomListener:
         if result.reopened_series:
             bound.info("series_reopened", reason="instance arrived after the series was complete")
         return st.SUCCESS
+
+
+class DataSetMismatch(InvalidInput):
+    """The data set is not the instance the C-STORE request announced."""
+
+
+def _refuse(session: _Session, bound: Any, status: int, reason: str) -> int:
+    """Count and log a refused instance; return the status to answer with."""
+    session.outcomes["failed"] += 1
+    if status == st.OUT_OF_RESOURCES:
+        bound.error("instance_not_stored", status=st.describe_status(status), reason=reason)
+    else:
+        bound.warning("instance_rejected", status=st.describe_status(status), reason=reason)
+    return status

@@ -29,21 +29,23 @@ def free_bytes(root: Path) -> int:
     return shutil.disk_usage(root).free
 
 
-def write_atomically(root: Path, relpath: str, data: bytes, reserve_bytes: int) -> None:
-    """Write `data` to root/relpath durably; raise StorageFull when below the reserve.
+STAGING_DIR = ".incoming"
 
-    Nothing is left half-written: on any failure the temporary file is removed and
-    any previous file at the path is untouched.
+
+def stage_durably(folder: Path, data: bytes, reserve_bytes: int, name: str) -> Path:
+    """Write `data` to a new temporary file in `folder` and fsync it; return its path.
+
+    Raises StorageFull when the write would leave less than the reserve free; on any
+    failure nothing is left behind.
     """
-    target = root / relpath
-    target.parent.mkdir(parents=True, exist_ok=True)
-    free = free_bytes(target.parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    free = free_bytes(folder)
     if free - len(data) < reserve_bytes:
         raise StorageFull(
-            f"only {free // 2**20} MiB free under {root}, below the reserve of "
+            f"only {free // 2**20} MiB free under {folder}, below the reserve of "
             f"{reserve_bytes // 2**20} MiB; free disk space or lower storage.min_free_mb"
         )
-    temp = target.with_name(f"{TEMP_MARK}{os.getpid()}-{os.urandom(4).hex()}-{target.name}")
+    temp = folder / f"{TEMP_MARK}{os.getpid()}-{os.urandom(4).hex()}-{name}"
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
@@ -54,21 +56,42 @@ def write_atomically(root: Path, relpath: str, data: bytes, reserve_bytes: int) 
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
         raise
+    return temp
+
+
+def place_durably(staged: Path, root: Path, relpath: str) -> None:
+    """Rename a staged file to root/relpath and fsync its folder, so the name survives."""
+    target = root / relpath
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(staged, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+        raise
     fsync_dir(target.parent)
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new entry in `folder` durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk (Linux syncs through any descriptor of the file)."""
+    _fsync(path, 0)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new entry in `folder` durable."""
+    _fsync(folder, os.O_DIRECTORY)
 
 
 def _series_entries(root: Path) -> Iterator[os.DirEntry[str]]:
@@ -76,7 +99,7 @@ def _series_entries(root: Path) -> Iterator[os.DirEntry[str]]:
     if not root.is_dir():
         return
     for study in os.scandir(root):
-        if not study.is_dir(follow_symlinks=False):
+        if not study.is_dir(follow_symlinks=False) or study.name.startswith("."):
             continue
         for series in os.scandir(study.path):
             if series.is_dir(follow_symlinks=False):
@@ -93,7 +116,11 @@ def iter_instance_files(root: Path) -> Iterator[str]:
 def remove_partial_files(root: Path) -> int:
     """Delete temporary files left by a crash; they were never acknowledged."""
     removed = 0
-    for entry in list(_series_entries(root)):
+    staging = root / STAGING_DIR
+    entries = list(_series_entries(root))
+    if staging.is_dir():
+        entries.extend(os.scandir(staging))
+    for entry in entries:
         if entry.name.startswith(TEMP_MARK):
             os.unlink(entry.path)
             removed += 1

@@ -7,10 +7,10 @@ from io import BytesIO
 from typing import Any
 
 from pydicom import config as pydicom_config
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.tag import Tag
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag, Tag
 
 from node.domain import InstanceHeader
 from node.errors import InvalidInput
@@ -29,7 +29,7 @@ _REQUIRED_UIDS = (
     ("SeriesInstanceUID", "series_uid"),
     ("SOPInstanceUID", "sop_instance_uid"),
 )
-_WANTED = [
+_WANTED: list[BaseTag | int] = [
     Tag(keyword)
     for keyword in (
         "SOPClassUID",
@@ -46,6 +46,14 @@ _WANTED = [
         "PatientID",
     )
 ]
+
+
+_LAST_WANTED = max(_WANTED)
+
+
+def _past_wanted(tag: Any, _vr: Any, _length: int) -> bool:
+    """Stop parsing after the last attribute the node reads (data sets are tag-ordered)."""
+    return bool(tag > _LAST_WANTED)
 
 
 def check_uid(name: str, value: Any) -> str:
@@ -66,7 +74,7 @@ def read_header(data: bytes) -> InstanceHeader:
     Study, Series or SOP Instance UID.
     """
     try:
-        ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=_WANTED)
+        ds = read_partial(BytesIO(data), stop_when=_past_wanted, specific_tags=_WANTED)
         header = _header_from(ds)
     except InvalidInput:
         raise

@@ -5,18 +5,23 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from node.domain import InstanceHeader, StoreResult
-from node.errors import InvalidInput
+from node.errors import InvalidInput, StorageFull
 from node.store.files import (
+    STAGING_DIR,
+    free_bytes,
+    fsync_file,
     instance_relpath,
     iter_instance_files,
+    place_durably,
     remove_partial_files,
-    write_atomically,
+    stage_durably,
 )
 from node.store.header import read_header
 from node.store.index import InstanceIndex
@@ -33,6 +38,13 @@ class ReindexReport:
     partial_removed: int
 
 
+IO_THREADS = 8
+
+
+def _relpath(header: InstanceHeader) -> str:
+    return instance_relpath(header.study_uid, header.series_uid, header.sop_instance_uid)
+
+
 class InstanceStore:
     """Instances on disk under `root`, indexed in SQL."""
 
@@ -47,6 +59,7 @@ class InstanceStore:
         self.index = index
         self.reserve_bytes = reserve_bytes
         self._clock = clock
+        self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="store-io")
         root.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, relpath: str) -> Path:
@@ -61,24 +74,82 @@ class InstanceStore:
         source: str | None = None,
         calling_ae: str | None = None,
     ) -> StoreResult:
-        """Store one received instance durably and index it.
+        """Store one instance whose header is known, durably, and index it.
 
         Identical bytes for a known SOP Instance UID are a duplicate and leave the
         index as it was; different bytes replace the file as a new version. Raises
         StorageFull when the disk is below its reserve, with nothing written, and
         InvalidInput when the SOP instance was received before in another series.
         """
-        relpath = instance_relpath(header.study_uid, header.series_uid, header.sop_instance_uid)
-        digest = hashlib.sha256(data).hexdigest()
-        # Write first, index second: a crash in between leaves a file the start-up
-        # scan indexes. A duplicate rewrites identical bytes, which is harmless and
-        # cheaper than a look-up before every write.
-        write_atomically(self.root, relpath, data, self.reserve_bytes)
+        relpath = _relpath(header)
+        staged = stage_durably(
+            self.path_of(relpath).parent, data, self.reserve_bytes, Path(relpath).name
+        )
+        return self._place_and_index(
+            staged, header, hashlib.sha256(data).hexdigest(), len(data), source, calling_ae
+        )
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where received files are written before they are checked and placed."""
+        return self.root / STAGING_DIR
+
+    def receive_file(
+        self,
+        staged: Path,
+        *,
+        check: Callable[[InstanceHeader], None] | None = None,
+        source: str | None = None,
+        calling_ae: str | None = None,
+    ) -> tuple[InstanceHeader, StoreResult]:
+        """Keep a received Part 10 file written (not yet synced) under `staging_dir`.
+
+        The fsync runs on an I/O thread while this thread reads the header and
+        hashes the bytes, so an instance costs about the longer of the two, not
+        their sum. `check` may raise InvalidInput to refuse the instance. Raises
+        InvalidInput, StorageFull or OSError; then the staged file is removed and
+        nothing is indexed.
+        """
+        try:
+            free = free_bytes(staged.parent)
+            if free < self.reserve_bytes:
+                raise StorageFull(
+                    f"only {free // 2**20} MiB free under {self.root}, below the reserve "
+                    f"of {self.reserve_bytes // 2**20} MiB; free disk space or lower "
+                    "storage.min_free_mb"
+                )
+            synced = self._io.submit(fsync_file, staged)
+            data = staged.read_bytes()
+            header = read_header(data)
+            if check is not None:
+                check(header)
+            digest = hashlib.sha256(data).hexdigest()
+            synced.result()
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        result = self._place_and_index(staged, header, digest, len(data), source, calling_ae)
+        return header, result
+
+    def _place_and_index(
+        self,
+        staged: Path,
+        header: InstanceHeader,
+        digest: str,
+        size: int,
+        source: str | None,
+        calling_ae: str | None,
+    ) -> StoreResult:
+        # File first, index second: a crash in between leaves a file that the
+        # start-up scan indexes. A duplicate replaces identical bytes, which is
+        # harmless and cheaper than a look-up before every write.
+        relpath = _relpath(header)
+        place_durably(staged, self.root, relpath)
         try:
             recorded = self.index.record_instance(
                 header,
                 relpath=relpath,
-                size=len(data),
+                size=size,
                 sha256=digest,
                 source=source,
                 calling_ae=calling_ae,
@@ -91,9 +162,14 @@ class InstanceStore:
             recorded.outcome,
             recorded.version,
             relpath,
-            len(data),
+            size,
             reopened_series=recorded.reopened_series,
         )
+
+    def close(self) -> None:
+        """Stop the I/O threads and release the index."""
+        self._io.shutdown(wait=True)
+        self.index.close()
 
     def reindex(self) -> ReindexReport:
         """Index files on disk that the index lacks (a crash between write and commit).

@@ -3,6 +3,7 @@ keeps everything it acknowledged."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sqlite3
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
@@ -26,7 +28,6 @@ from node.domain.status import (
     OUT_OF_RESOURCES,
     SUCCESS,
 )
-from node.store.filemeta import encode_file_meta
 from node.synthetic import write_ct_series
 from tests.helpers import NodeProcess, dataset_bytes, dcmtk, dcmtk_env, iter_stored_files
 
@@ -58,7 +59,14 @@ def events(node: NodeProcess, name: str) -> list[dict[str, object]]:
 def raw_file(tmp_path: Path, sop_uid: str, dataset: bytes) -> Path:
     """A Part 10 file whose data set bytes are exactly `dataset`."""
     path = tmp_path / f"raw-{sop_uid}.dcm"
-    path.write_bytes(encode_file_meta(CTImageStorage, sop_uid, ExplicitVRLittleEndian) + dataset)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    path.write_bytes(buffer.getvalue() + dataset)
     return path
 
 
