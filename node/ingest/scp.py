@@ -45,6 +45,7 @@ class _Session:
     info: AssociationInfo
     holds_slot: bool
     log: Any
+    wake: tuning.WakingQueue | None = None
     outcomes: Counter[str] = field(default_factory=Counter)
     studies: set[str] = field(default_factory=set)
 
@@ -142,7 +143,7 @@ class DicomListener:
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
-        tuning.install()
+        self._tuned = tuning.install()
         tuning.receive_into(self.store.staging_dir)
         node = self.config.node
         ae = AE(ae_title=node.ae_title)
@@ -272,8 +273,9 @@ class DicomListener:
                 st.REASON_LOCAL_LIMIT_EXCEEDED,
             )
             return
+        wake = tuning.wake_on_send(assoc) if self._tuned else None
         with self._lock:
-            self._sessions[assoc] = _Session(info=info, holds_slot=True, log=bound)
+            self._sessions[assoc] = _Session(info=info, holds_slot=True, log=bound, wake=wake)
         bound.info("association_accepted", called_ae=called)
 
     def _on_end(self, event: evt.Event) -> None:
@@ -283,6 +285,8 @@ class DicomListener:
             return
         if session.holds_slot:
             self.limiter.release()
+        if session.wake is not None:
+            session.wake.close()
         session.log.info(
             "association_closed",
             how=_how_it_ended(event),
@@ -307,6 +311,8 @@ class DicomListener:
         for session in stale:
             if session.holds_slot:
                 self.limiter.release()
+            if session.wake is not None:
+                session.wake.close()
 
     def _session(self, assoc: Association) -> _Session:
         with self._lock:

@@ -16,7 +16,8 @@ part of the 1.1 ms until the next request is read.
 `install()` replaces the `time` module those two pynetdicom modules see with one
 whose `sleep` ends early: the association reactor's when a DIMSE message is queued,
 the DUL reactor's when data arrives on the socket or a primitive is queued to send.
-Every wait stays bounded by the original delay, so the loops' other checks keep
+(The DUL is woken for outgoing primitives through `wake_on_send`.) Every wait
+stays bounded by the original delay, so the loops' other checks keep
 their cadence. Sleeps of other lengths, and sleeps in other threads, are untouched.
 
 2. Reads. pynetdicom reads a PDU from the socket 4096 bytes per `recv` call and
@@ -35,8 +36,10 @@ partial-file mark, so a crash leaves nothing the start-up scan does not remove.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import select
+import socket
 import threading
 import time
 from functools import partial
@@ -59,7 +62,44 @@ from node.store.files import TEMP_MARK
 log = structlog.get_logger("radnode.ingest")
 
 LOOP_DELAY_SECONDS = 0.001  # what pynetdicom 3.0's loops sleep
-OUTGOING_CHECK_SECONDS = 0.00025  # how often an idle DUL looks for a primitive to send
+
+
+class WakingQueue(queue.Queue[Any]):
+    """A queue that also writes a byte to a socket pair on each put, so a thread can
+    wait with select() for either this queue or its network socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
+            self._writer.send(b"\0")
+
+    def drain(self) -> None:
+        """Consume pending wake-up bytes."""
+        with contextlib.suppress(OSError):
+            while self.reader.recv(4096):
+                pass
+
+    def close(self) -> None:
+        """Close the socket pair."""
+        self.reader.close()
+        self._writer.close()
+
+
+def wake_on_send(assoc: Association) -> WakingQueue:
+    """Give an association's DUL a queue that wakes it when a primitive is queued.
+
+    Call before the association is accepted (its queue is still empty then); close
+    the returned queue once the association has ended.
+    """
+    waking = WakingQueue()
+    assoc.dul.to_provider_queue = waking
+    return waking
 
 
 def _wait_for_message(items: queue.Queue[Any], seconds: float) -> None:
@@ -70,23 +110,21 @@ def _wait_for_message(items: queue.Queue[Any], seconds: float) -> None:
 
 
 def _wait_for_traffic(dul: DULServiceProvider, seconds: float) -> None:
-    """Sleep up to `seconds`, returning when the socket is readable or a primitive is queued."""
-    transport = dul.socket
-    sock = getattr(transport, "socket", None)
+    """Sleep up to `seconds`, returning when data arrives or a primitive is queued."""
+    outgoing = dul.to_provider_queue
+    sock = getattr(dul.socket, "socket", None)
+    if outgoing.queue:
+        return
     if sock is None:
         time.sleep(seconds)
         return
-    deadline = time.monotonic() + seconds
-    while not dul.to_provider_queue.queue:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        try:
-            readable, _, _ = select.select([sock], [], [], min(remaining, OUTGOING_CHECK_SECONDS))
-        except (OSError, ValueError):  # closed under us: let the loop notice
-            return
-        if readable:
-            return
+    waking = outgoing if isinstance(outgoing, WakingQueue) else None
+    try:
+        readable, _, _ = select.select([sock, waking.reader] if waking else [sock], [], [], seconds)
+    except (OSError, ValueError):  # closed under us: let the loop notice
+        return
+    if waking is not None and waking.reader in readable:
+        waking.drain()
 
 
 class _PacedTime:
@@ -133,6 +171,13 @@ def receive_into(folder: Path) -> None:
 
     One folder per process: the setting is pynetdicom's, for the whole process.
     """
+    if "NamedTemporaryFile" not in vars(pynetdicom.dimse_messages):
+        # Without the redirect pynetdicom would write to the system's temporary
+        # folder, possibly another file system, where no rename can place the file.
+        raise RuntimeError(
+            "this pynetdicom no longer writes received data sets the way Radnode "
+            "expects; install the pynetdicom version pyproject.toml names"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
     vars(pynetdicom.dimse_messages)["NamedTemporaryFile"] = partial(
