@@ -179,7 +179,7 @@ def _studies(args: argparse.Namespace, config: NodeConfig) -> int:
     try:
         studies = store.index.list_studies(limit=args.limit)
     finally:
-        store.index.close()
+        store.close()
     if not studies:
         print("no studies received yet")
         return EXIT_OK

@@ -10,6 +10,7 @@ import sys
 import threading
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event as EventType
 from types import FrameType
 
 import structlog
@@ -25,6 +26,7 @@ from node.store.index import WriteLock
 log = structlog.get_logger("radnode.serve")
 
 _PR_SET_PDEATHSIG = 1
+CHILD_START_SECONDS = 60
 
 
 def open_store(config: NodeConfig, write_lock: WriteLock | None = None) -> InstanceStore:
@@ -48,6 +50,7 @@ def _listener_process(
     write_lock: WriteLock,
     listen_socket: socket.socket,
     number: int,
+    ready: EventType,
 ) -> None:
     """Entry point of an extra listener process, accepting on the shared socket."""
     _die_with_parent()
@@ -64,9 +67,23 @@ def _listener_process(
         number=number,
     )
     listener.start()
+    ready.set()
     stop.wait()
     listener.stop()
-    store.index.close()
+    store.close()
+
+
+def _cannot_listen(config: NodeConfig, store: InstanceStore, exc: OSError) -> int:
+    log.error(
+        "dicom_listener_failed",
+        host=config.node.host,
+        port=config.node.port,
+        reason=exc.strerror or str(exc),
+        hint="another program uses this port, or the address is not on this machine; "
+        "change node.port or node.host",
+    )
+    store.close()
+    return 1
 
 
 def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
@@ -88,34 +105,33 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
     extra = config.node.listener_processes - 1
     try:
         shared = open_shared_socket(config.node.host, config.node.port) if extra else None
-        listener = DicomListener(config, store, limiter, listen_socket=shared)
-        listener.start()
     except OSError as exc:
-        log.error(
-            "dicom_listener_failed",
-            host=config.node.host,
-            port=config.node.port,
-            reason=exc.strerror or str(exc),
-            hint="another program uses this port, or the address is not on this machine; "
-            "change node.port or node.host",
-        )
-        store.index.close()
-        return 1
+        return _cannot_listen(config, store, exc)
 
     children: dict[int, BaseProcess] = {}
 
-    def start_child(number: int) -> None:
+    def start_child(number: int) -> EventType:
+        ready = context.Event()
         process = context.Process(
             target=_listener_process,
-            args=(config, limiter.counter, write_lock, shared, number),
+            args=(config, limiter.counter, write_lock, shared, number, ready),
             name=f"radnode-listener-{number}",
             daemon=True,
         )
         process.start()
         children[number] = process
+        return ready
 
-    for number in range(1, extra + 1):
-        start_child(number)
+    # Extra listener processes first: once the supervisor also answers, every
+    # listener accepts associations, and senders are spread over all of them.
+    for number, ready in [(n, start_child(n)) for n in range(1, extra + 1)]:
+        if not ready.wait(CHILD_START_SECONDS):
+            log.error("listener_process_not_ready", listener=number, seconds=CHILD_START_SECONDS)
+    listener = DicomListener(config, store, limiter, listen_socket=shared)
+    try:
+        listener.start()
+    except OSError as exc:
+        return _cannot_listen(config, store, exc)
 
     sweeper = CompletionSweeper(
         store.index,
@@ -151,6 +167,6 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
     for process in children.values():
         process.join(timeout=10)
     sweep_thread.join()
-    store.index.close()
+    store.close()
     log.info("node_stopped")
     return 0
