@@ -106,20 +106,6 @@ def open_shared_socket(host: str, port: int, backlog: int = 128) -> socket.socke
     return sock
 
 
-def _how_it_ended(event: evt.Event) -> str:
-    """released, aborted, or connection closed, whichever event came first."""
-    if event.event == evt.EVT_RELEASED:
-        return "released"
-    if event.event == evt.EVT_ABORTED:
-        return "aborted"
-    # The connection can close before the A-ABORT is handed up; it is queued by then.
-    try:
-        aborted = bool(event.assoc.acse.is_aborted())
-    except Exception:  # noqa: BLE001 - the queue may be gone; the close is what we know
-        aborted = False
-    return "aborted" if aborted else "connection closed"
-
-
 class DicomListener:
     """Accepts associations from configured sources and stores what they send."""
 
@@ -175,7 +161,7 @@ class DicomListener:
             (evt.EVT_C_STORE, self._on_c_store),
             (evt.EVT_RELEASED, self._on_end),
             (evt.EVT_ABORTED, self._on_end),
-            (evt.EVT_CONN_CLOSE, self._on_end),
+            (evt.EVT_CONN_CLOSE, self._on_connection_closed),
         ]
         _Server.shared_socket = self.listen_socket
         _Server.busier_than_peers = staticmethod(self._busier_than_peers)
@@ -278,21 +264,38 @@ class DicomListener:
             self._sessions[assoc] = _Session(info=info, holds_slot=True, log=bound, wake=wake)
         bound.info("association_accepted", called_ae=called)
 
+    def _on_connection_closed(self, event: evt.Event) -> None:
+        """Free the slot at once; the release or abort event that follows logs the end."""
+        with self._lock:
+            session = self._sessions.get(event.assoc)
+        if session is not None:
+            self._give_back(session)
+
     def _on_end(self, event: evt.Event) -> None:
         with self._lock:
             session = self._sessions.pop(event.assoc, None)
-        if session is None:
-            return
-        if session.holds_slot:
-            self.limiter.release()
-        if session.wake is not None:
-            session.wake.close()
+        if session is not None:
+            how = "released" if event.event == evt.EVT_RELEASED else "aborted"
+            self._close_session(session, how)
+
+    def _close_session(self, session: _Session, how: str) -> None:
+        self._give_back(session)
         session.log.info(
             "association_closed",
-            how=_how_it_ended(event),
+            how=how,
             studies=sorted(session.studies),
             **dict(session.outcomes),
         )
+
+    def _give_back(self, session: _Session) -> None:
+        """Return the association slot and close the wake-up pair (once)."""
+        with self._lock:
+            holds, session.holds_slot = session.holds_slot, False
+            wake, session.wake = session.wake, None
+        if holds:
+            self.limiter.release()
+        if wake is not None:
+            wake.close()
 
     def _busier_than_peers(self) -> bool:
         """True when this process holds more associations than the others' average."""
@@ -309,10 +312,7 @@ class DicomListener:
             dead = [a for a in self._sessions if not a.is_alive()]
             stale = [self._sessions.pop(a) for a in dead]
         for session in stale:
-            if session.holds_slot:
-                self.limiter.release()
-            if session.wake is not None:
-                session.wake.close()
+            self._close_session(session, "connection closed")
 
     def _session(self, assoc: Association) -> _Session:
         with self._lock:
