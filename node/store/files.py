@@ -32,6 +32,16 @@ def free_bytes(root: Path) -> int:
 STAGING_DIR = ".incoming"
 
 
+def check_reserve(folder: Path, size: int, reserve_bytes: int) -> None:
+    """Raise StorageFull when keeping `size` more bytes would leave less than the reserve."""
+    free = free_bytes(folder)
+    if free - size < reserve_bytes:
+        raise StorageFull(
+            f"only {free // 2**20} MiB free under {folder}, below the reserve of "
+            f"{reserve_bytes // 2**20} MiB; free disk space or lower storage.min_free_mb"
+        )
+
+
 def stage_durably(folder: Path, data: bytes, reserve_bytes: int, name: str) -> Path:
     """Write `data` to a new temporary file in `folder` and fsync it; return its path.
 
@@ -39,12 +49,7 @@ def stage_durably(folder: Path, data: bytes, reserve_bytes: int, name: str) -> P
     failure nothing is left behind.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    free = free_bytes(folder)
-    if free - len(data) < reserve_bytes:
-        raise StorageFull(
-            f"only {free // 2**20} MiB free under {folder}, below the reserve of "
-            f"{reserve_bytes // 2**20} MiB; free disk space or lower storage.min_free_mb"
-        )
+    check_reserve(folder, len(data), reserve_bytes)
     temp = folder / f"{TEMP_MARK}{os.getpid()}-{os.urandom(4).hex()}-{name}"
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)

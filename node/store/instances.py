@@ -12,10 +12,10 @@ from pathlib import Path
 import structlog
 
 from node.domain import InstanceHeader, StoreResult
-from node.errors import InvalidInput, StorageFull
+from node.errors import InvalidInput
 from node.store.files import (
     STAGING_DIR,
-    free_bytes,
+    check_reserve,
     fsync_file,
     instance_relpath,
     iter_instance_files,
@@ -111,13 +111,7 @@ class InstanceStore:
         nothing is indexed.
         """
         try:
-            free = free_bytes(staged.parent)
-            if free < self.reserve_bytes:
-                raise StorageFull(
-                    f"only {free // 2**20} MiB free under {self.root}, below the reserve "
-                    f"of {self.reserve_bytes // 2**20} MiB; free disk space or lower "
-                    "storage.min_free_mb"
-                )
+            check_reserve(staged.parent, 0, self.reserve_bytes)  # the bytes are there
             synced = self._io.submit(fsync_file, staged)
             data = staged.read_bytes()
             header = read_header(data)

@@ -215,3 +215,39 @@ def test_real_ct_from_shared_data_is_received_whole(
     for path in files[:: max(1, len(files) // 10)]:
         uid = dcmread(path, stop_before_pixels=True).SOPInstanceUID
         assert dataset_bytes(node.root / index[uid][0]) == dataset_bytes(path)
+
+
+def test_several_listener_processes_share_the_port_and_die_with_the_supervisor(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    # Given a node with two listener processes
+    node = node_factory(node={"listener_processes": 2})
+    series = write_ct_series(tmp_path / "ct", slices=16, rows=32, cols=32)
+    files = list(series.paths)
+    # When four storescu associations push at once
+    procs = [
+        subprocess.Popen(
+            [
+                dcmtk("storescu"),
+                "-aet",
+                "STORESCU",
+                "-aec",
+                node.ae_title,
+                "127.0.0.1",
+                str(node.port),
+                *map(str, files[i::4]),
+            ],
+            env=dcmtk_env(),
+            stderr=subprocess.PIPE,
+        )
+        for i in range(4)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    # Then every instance is indexed once, whichever process received it
+    assert set(indexed(node)) == set(series.sop_instance_uids)
+    accepted = [e for e in node.log_events() if e["event"] == "association_accepted"]
+    assert {e["listener"] for e in accepted} <= {0, 1}
+    # And when the supervisor is killed, its listener processes go too: the port is free
+    node.kill9()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from node.domain import StoreOutcome
+from node.domain import InstanceHeader, StoreOutcome
 from node.errors import InvalidInput, StorageFull
 from node.store import InstanceIndex, InstanceStore, read_header
 from node.synthetic import write_ct_series
@@ -144,3 +144,38 @@ def test_read_header_keeps_patient_data_out_of_repr(series: list[bytes]) -> None
     assert header.patient_name == "SYNTHETIC^PATIENT"
     assert "SYNTHETIC^PATIENT" not in repr(header)
     assert "SYN-0001" not in repr(header)
+
+
+def test_a_received_file_is_placed_and_indexed_or_removed_when_refused(
+    store: InstanceStore, series: list[bytes]
+) -> None:
+    # Given two files received into the staging folder
+    store.staging_dir.mkdir(parents=True)
+    kept, refused = store.staging_dir / ".partial-rx-a.dcm", store.staging_dir / ".partial-rx-b.dcm"
+    kept.write_bytes(series[0])
+    refused.write_bytes(series[1])
+
+    # When one passes the check and the other does not
+    def refuse(_header: InstanceHeader) -> None:
+        raise InvalidInput("not this one")
+
+    header, result = store.receive_file(kept, check=lambda h: None, source="pacs")
+    with pytest.raises(InvalidInput, match="not this one"):
+        store.receive_file(refused, check=refuse)
+    # Then the first is in place and indexed, and nothing of the second remains
+    assert store.path_of(result.relpath).read_bytes() == series[0]
+    assert store.index.find_instance(header.sop_instance_uid) is not None
+    assert list(store.staging_dir.iterdir()) == []
+    assert store.index.count_instances() == 1
+
+
+def test_a_received_file_below_the_reserve_is_removed(tmp_path: Path, series: list[bytes]) -> None:
+    index = InstanceIndex(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    store = InstanceStore(tmp_path / "root", index, reserve_bytes=2**62)
+    store.staging_dir.mkdir(parents=True)
+    staged = store.staging_dir / ".partial-rx-a.dcm"
+    staged.write_bytes(series[0])
+    with pytest.raises(StorageFull):
+        store.receive_file(staged)
+    assert not staged.exists()
+    assert index.count_instances() == 0
