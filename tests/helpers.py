@@ -179,3 +179,24 @@ def run_tool(args: list[str], timeout: float = 120) -> subprocess.CompletedProce
 
 def iter_stored_files(root: Path) -> Iterator[Path]:
     yield from (p for p in root.rglob("*.dcm") if not p.name.startswith(".partial-"))
+
+
+def storescu_args(node: NodeProcess, files: list[Path], *options: str) -> list[str]:
+    """DCMTK storescu sending `files` to the node as STORESCU."""
+    return [
+        dcmtk("storescu"), "-aet", "STORESCU", "-aec", node.ae_title, *options,
+        "127.0.0.1", str(node.port), *map(str, files),
+    ]  # fmt: skip
+
+
+def push_in_parallel(node: NodeProcess, files: list[Path], associations: int) -> None:
+    """Send `files` over N storescu processes at once; each must succeed."""
+    procs = [
+        subprocess.Popen(
+            storescu_args(node, files[i::associations]), env=dcmtk_env(), stderr=subprocess.PIPE
+        )
+        for i in range(associations)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err

@@ -243,7 +243,8 @@ class InstanceIndex:
         now: float,
     ) -> RecordedInstance:
         """Index an instance whose file is already durable; update its series and study."""
-        if self._record_new_instance_fast(header, relpath, size, sha256, source, calling_ae, now):
+        new_row = _instance_row(header, relpath, size, sha256, source, calling_ae, now)
+        if self._record_new_instance_fast(header, new_row):
             return RecordedInstance(StoreOutcome.STORED, 1, False, False, None)
         with self._write() as conn:
             row = conn.execute(_FIND_INSTANCE, {"sop_uid": header.sop_instance_uid}).first()
@@ -257,23 +258,7 @@ class InstanceIndex:
                 return RecordedInstance(StoreOutcome.DUPLICATE, row.version, False, False, None)
             new_series, reopened = self._touch_series(conn, header, source, now, row is None)
             if row is None:
-                conn.execute(
-                    _INSERT_INSTANCE,
-                    {
-                        "sop_instance_uid": header.sop_instance_uid,
-                        "series_uid": header.series_uid,
-                        "study_uid": header.study_uid,
-                        "sop_class_uid": header.sop_class_uid,
-                        "transfer_syntax_uid": header.transfer_syntax_uid,
-                        "relpath": relpath,
-                        "size_bytes": size,
-                        "sha256": sha256,
-                        "version": 1,
-                        "source": source,
-                        "calling_ae": calling_ae,
-                        "received_at": now,
-                    },
-                )
+                conn.execute(_INSERT_INSTANCE, new_row)
                 return RecordedInstance(StoreOutcome.STORED, 1, new_series, reopened, None)
             version = row.version + 1
             conn.execute(
@@ -301,22 +286,13 @@ class InstanceIndex:
                 StoreOutcome.NEW_VERSION, version, new_series, reopened, row.sha256
             )
 
-    def _record_new_instance_fast(
-        self,
-        header: InstanceHeader,
-        relpath: str,
-        size: int,
-        sha256: str,
-        source: str | None,
-        calling_ae: str | None,
-        now: float,
-    ) -> bool:
+    def _record_new_instance_fast(self, header: InstanceHeader, new_row: dict[str, Any]) -> bool:
         """The common case in one raw transaction: a new instance of a receiving series.
 
         Returns False, having changed nothing, when the case is any other (known
         instance, new or complete series or study); the caller then takes the full path.
         """
-        refresh = {"added": 1, "now": now}
+        refresh = {"added": 1, "now": new_row["received_at"]}
         with self._write_lock, self._fast_lock:
             if self._fast_conn is None:
                 self._fast_conn = self._writer.raw_connection()
@@ -347,22 +323,7 @@ class InstanceIndex:
                     return False
                 cursor.execute(
                     self._fast_insert.sql,
-                    self._fast_insert.params(
-                        {
-                            "sop_instance_uid": header.sop_instance_uid,
-                            "series_uid": header.series_uid,
-                            "study_uid": header.study_uid,
-                            "sop_class_uid": header.sop_class_uid,
-                            "transfer_syntax_uid": header.transfer_syntax_uid,
-                            "relpath": relpath,
-                            "size_bytes": size,
-                            "sha256": sha256,
-                            "version": 1,
-                            "source": source,
-                            "calling_ae": calling_ae,
-                            "received_at": now,
-                        }
-                    ),
+                    self._fast_insert.params(new_row),
                 )
                 conn.commit()
                 return True
@@ -632,6 +593,32 @@ class InstanceIndex:
             )
             for r in study_rows
         ]
+
+
+def _instance_row(
+    header: InstanceHeader,
+    relpath: str,
+    size: int,
+    sha256: str,
+    source: str | None,
+    calling_ae: str | None,
+    now: float,
+) -> dict[str, Any]:
+    """The row of a first version of an instance."""
+    return {
+        "sop_instance_uid": header.sop_instance_uid,
+        "series_uid": header.series_uid,
+        "study_uid": header.study_uid,
+        "sop_class_uid": header.sop_class_uid,
+        "transfer_syntax_uid": header.transfer_syntax_uid,
+        "relpath": relpath,
+        "size_bytes": size,
+        "sha256": sha256,
+        "version": 1,
+        "source": source,
+        "calling_ae": calling_ae,
+        "received_at": now,
+    }
 
 
 def _add_event(

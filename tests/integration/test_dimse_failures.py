@@ -29,7 +29,7 @@ from node.domain.status import (
     SUCCESS,
 )
 from node.synthetic import write_ct_series
-from tests.helpers import NodeProcess, dataset_bytes, dcmtk, dcmtk_env, iter_stored_files
+from tests.helpers import NodeProcess, dataset_bytes, dcmtk_env, iter_stored_files, storescu_args
 
 NodeFactory = Callable[..., NodeProcess]
 
@@ -178,17 +178,7 @@ def test_kill_9_during_a_300_instance_push_loses_nothing_acknowledged(
     node = node_factory()
     series = write_ct_series(tmp_path / "ct", slices=300, rows=128, cols=128)
     push = subprocess.Popen(
-        [
-            dcmtk("storescu"),
-            "-v",
-            "-aet",
-            "STORESCU",
-            "-aec",
-            node.ae_title,
-            "127.0.0.1",
-            str(node.port),
-            *map(str, series.paths),
-        ],
+        storescu_args(node, list(series.paths), "-v"),
         env=dcmtk_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -214,16 +204,7 @@ def test_kill_9_during_a_300_instance_push_loses_nothing_acknowledged(
     assert not any(p.name.startswith(".partial-") for p in node.root.rglob("*"))
     # And the sender can finish the study on the restarted node
     rest = subprocess.run(
-        [
-            dcmtk("storescu"),
-            "-aet",
-            "STORESCU",
-            "-aec",
-            node.ae_title,
-            "127.0.0.1",
-            str(node.port),
-            *map(str, series.paths),
-        ],
+        storescu_args(node, list(series.paths)),
         env=dcmtk_env(),
         capture_output=True,
         check=False,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,9 +16,10 @@ from tests.helpers import (
     NodeProcess,
     dataset_bytes,
     dcmtk,
-    dcmtk_env,
     iter_stored_files,
+    push_in_parallel,
     run_tool,
+    storescu_args,
 )
 
 NodeFactory = Callable[..., NodeProcess]
@@ -40,19 +40,7 @@ def echoscu(node: NodeProcess, calling: str = "ECHOSCU", called: str | None = No
 
 
 def storescu(node: NodeProcess, files: list[Path], *options: str):
-    return run_tool(
-        [
-            dcmtk("storescu"),
-            "-aet",
-            "STORESCU",
-            "-aec",
-            node.ae_title,
-            *options,
-            "127.0.0.1",
-            str(node.port),
-            *map(str, files),
-        ]
-    )
+    return run_tool(storescu_args(node, files, *options))
 
 
 def indexed(node: NodeProcess) -> dict[str, tuple[str, str]]:
@@ -137,27 +125,7 @@ def test_storescu_push_is_stored_byte_identical_and_indexed(
     node = node_factory()
     series = write_ct_series(tmp_path / "ct", slices=24, rows=64, cols=64)
     files = list(series.paths)
-    chunks = [files[i::associations] for i in range(associations)]
-    procs = [
-        subprocess.Popen(
-            [
-                dcmtk("storescu"),
-                "-aet",
-                "STORESCU",
-                "-aec",
-                node.ae_title,
-                "127.0.0.1",
-                str(node.port),
-                *map(str, chunk),
-            ],
-            env=dcmtk_env(),
-            stderr=subprocess.PIPE,
-        )
-        for chunk in chunks
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
+    push_in_parallel(node, files, associations)
     index = indexed(node)
     assert set(index) == set(series.sop_instance_uids)
     for path in files:
@@ -225,26 +193,7 @@ def test_several_listener_processes_share_the_port_and_die_with_the_supervisor(
     series = write_ct_series(tmp_path / "ct", slices=16, rows=32, cols=32)
     files = list(series.paths)
     # When four storescu associations push at once
-    procs = [
-        subprocess.Popen(
-            [
-                dcmtk("storescu"),
-                "-aet",
-                "STORESCU",
-                "-aec",
-                node.ae_title,
-                "127.0.0.1",
-                str(node.port),
-                *map(str, files[i::4]),
-            ],
-            env=dcmtk_env(),
-            stderr=subprocess.PIPE,
-        )
-        for i in range(4)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
+    push_in_parallel(node, files, 4)
     # Then every instance is indexed once, whichever process received it
     assert set(indexed(node)) == set(series.sop_instance_uids)
     accepted = [e for e in node.log_events() if e["event"] == "association_accepted"]
