@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
 from pydicom import config as pydicom_config
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
@@ -14,6 +16,7 @@ from pydicom.tag import BaseTag, Tag
 
 from node.domain import InstanceHeader
 from node.errors import InvalidInput
+from node.store.scan import scan_attributes
 
 # A UID is digits separated by single dots, at most 64 characters (PS3.5 9.1). The
 # node also uses UIDs as folder names, so this check keeps paths inside the root.
@@ -49,6 +52,7 @@ _WANTED: list[BaseTag | int] = [
 
 
 _LAST_WANTED = max(_WANTED)
+_KEYWORD_BY_TAG = {int(tag): keyword_for_tag(tag) for tag in _WANTED}
 
 
 def _past_wanted(tag: Any, _vr: Any, _length: int) -> bool:
@@ -70,9 +74,19 @@ def check_uid(name: str, value: Any) -> str:
 def read_header(data: bytes) -> InstanceHeader:
     """Parse a DICOM file's bytes (preamble and file meta included) up to the pixel data.
 
-    Raises InvalidInput when the bytes are not DICOM, cannot be decoded, or lack the
-    Study, Series or SOP Instance UID.
+    The fast scan reads the usual files; pydicom reads the rest. Raises InvalidInput
+    when the bytes are not DICOM, cannot be decoded, or lack the Study, Series or SOP
+    Instance UID.
     """
+    scanned = scan_attributes(data, _KEYWORD_BY_TAG)
+    if scanned is not None:
+        syntax, values = scanned
+        return _build_header(values.get, syntax, values.get("MediaStorageSOPClassUID", ""))
+    return read_header_with_pydicom(data)
+
+
+def read_header_with_pydicom(data: bytes) -> InstanceHeader:
+    """`read_header` through pydicom alone: for what the fast scan declines."""
     try:
         ds = read_partial(BytesIO(data), stop_when=_past_wanted, specific_tags=_WANTED)
         header = _header_from(ds)
@@ -87,12 +101,22 @@ def read_header(data: bytes) -> InstanceHeader:
 
 def _header_from(ds: Dataset) -> InstanceHeader:
     meta = getattr(ds, "file_meta", None)
-    transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    return _build_header(
+        ds.get,
+        str(getattr(meta, "TransferSyntaxUID", "") or ""),
+        str(getattr(meta, "MediaStorageSOPClassUID", "") or ""),
+    )
+
+
+def _build_header(
+    get: Callable[[str], Any], transfer_syntax: str, media_sop_class: str
+) -> InstanceHeader:
+    """The header from attribute values (pydicom's, or the fast scan's text)."""
     if not transfer_syntax:
         raise InvalidInput("the file meta information has no TransferSyntaxUID")
-    sop_class = str(ds.get("SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", ""))
-    uids = {field: check_uid(keyword, ds.get(keyword)) for keyword, field in _REQUIRED_UIDS}
-    series_number = ds.get("SeriesNumber")
+    sop_class = str(get("SOPClassUID") or media_sop_class)
+    uids = {field: check_uid(keyword, get(keyword)) for keyword, field in _REQUIRED_UIDS}
+    series_number = get("SeriesNumber")
     try:
         number = int(series_number) if series_number not in (None, "") else None
     except (TypeError, ValueError):
@@ -101,17 +125,16 @@ def _header_from(ds: Dataset) -> InstanceHeader:
         **uids,
         sop_class_uid=check_uid("SOPClassUID", sop_class),
         transfer_syntax_uid=check_uid("TransferSyntaxUID", transfer_syntax),
-        modality=_text(ds, "Modality"),
+        modality=_text(get("Modality")),
         series_number=number,
-        series_description=_text(ds, "SeriesDescription"),
-        body_part=_text(ds, "BodyPartExamined"),
-        study_date=_text(ds, "StudyDate"),
-        study_description=_text(ds, "StudyDescription"),
-        patient_name=_text(ds, "PatientName"),
-        patient_id=_text(ds, "PatientID"),
+        series_description=_text(get("SeriesDescription")),
+        body_part=_text(get("BodyPartExamined")),
+        study_date=_text(get("StudyDate")),
+        study_description=_text(get("StudyDescription")),
+        patient_name=_text(get("PatientName")),
+        patient_id=_text(get("PatientID")),
     )
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
+def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
