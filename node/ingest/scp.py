@@ -7,7 +7,6 @@ status and a log event with the reason; the association goes on.
 
 from __future__ import annotations
 
-import copy
 import socket
 import socketserver
 import threading
@@ -64,10 +63,10 @@ class _SupportedContexts(list[PresentationContext]):
     def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
         copies = []
         for context in self:
-            duplicate = copy.copy(context)
-            for name, value in vars(context).items():
-                if isinstance(value, list):
-                    setattr(duplicate, name, list(value))
+            duplicate = PresentationContext.__new__(PresentationContext)
+            duplicate.__dict__.update(
+                {k: list(v) if isinstance(v, list) else v for k, v in vars(context).items()}
+            )
             copies.append(duplicate)
         return copies
 

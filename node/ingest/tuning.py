@@ -44,6 +44,7 @@ import select
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from tempfile import NamedTemporaryFile
@@ -59,6 +60,7 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
+from node.store.filemeta import encode_meta_group
 from node.store.files import TEMP_MARK
 
 log = structlog.get_logger("radnode.ingest")
@@ -168,12 +170,30 @@ def _recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
     return buffer
 
 
+@dataclass(frozen=True, slots=True)
+class _FileMeta:
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+
+
+def _create_file_meta(
+    *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, **_: Any
+) -> _FileMeta:
+    return _FileMeta(str(sop_class_uid), str(sop_instance_uid), str(transfer_syntax))
+
+
+def _write_file_meta_info(fp: Any, meta: _FileMeta, *_args: Any, **_kwargs: Any) -> None:
+    fp.write(encode_meta_group(meta.sop_class_uid, meta.sop_instance_uid, meta.transfer_syntax))
+
+
 def receive_into(folder: Path) -> None:
     """Have pynetdicom write received data sets to files in `folder` as they arrive.
 
     One folder per process: the setting is pynetdicom's, for the whole process.
     """
-    if "NamedTemporaryFile" not in vars(pynetdicom.dimse_messages):
+    module = vars(pynetdicom.dimse_messages)
+    if not {"NamedTemporaryFile", "create_file_meta", "write_file_meta_info"} <= set(module):
         # Without the redirect pynetdicom would write to the system's temporary
         # folder, possibly another file system, where no rename can place the file.
         raise RuntimeError(
@@ -182,9 +202,11 @@ def receive_into(folder: Path) -> None:
         )
     folder.mkdir(parents=True, exist_ok=True)
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
-    vars(pynetdicom.dimse_messages)["NamedTemporaryFile"] = partial(
-        NamedTemporaryFile, dir=folder, prefix=f"{TEMP_MARK}rx-"
-    )
+    module["NamedTemporaryFile"] = partial(NamedTemporaryFile, dir=folder, prefix=f"{TEMP_MARK}rx-")
+    # The file meta of each received file, encoded directly rather than through a
+    # pydicom Dataset; it names Radnode as the implementation that wrote the file.
+    module["create_file_meta"] = _create_file_meta
+    module["write_file_meta_info"] = _write_file_meta_info
 
 
 def install() -> bool:

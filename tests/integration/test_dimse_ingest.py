@@ -11,6 +11,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGLSLossless
 
+from node.store.filemeta import IMPLEMENTATION_CLASS_UID
 from node.synthetic import write_ct_series
 from tests.helpers import (
     NodeProcess,
@@ -128,6 +129,9 @@ def test_storescu_push_is_stored_byte_identical_and_indexed(
     push_in_parallel(node, files, associations)
     index = indexed(node)
     assert set(index) == set(series.sop_instance_uids)
+    stored_meta = dcmread(node.root / index[series.sop_instance_uids[0]][0]).file_meta
+    assert stored_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert stored_meta.MediaStorageSOPInstanceUID == series.sop_instance_uids[0]
     for path in files:
         uid = dcmread(path, stop_before_pixels=True).SOPInstanceUID
         stored = node.root / index[uid][0]

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import validate_file_meta
 
 from node.domain import InstanceHeader, StoreOutcome
 from node.errors import InvalidInput, StorageFull
 from node.store import InstanceIndex, InstanceStore, read_header
+from node.store.filemeta import IMPLEMENTATION_CLASS_UID, encode_file_meta
 from node.synthetic import write_ct_series
 from tests.helpers import iter_stored_files
 
@@ -179,3 +181,17 @@ def test_a_received_file_below_the_reserve_is_removed(tmp_path: Path, series: li
         store.receive_file(staged)
     assert not staged.exists()
     assert index.count_instances() == 0
+
+
+def test_file_meta_written_by_the_node_is_valid_part_10(series: list[bytes]) -> None:
+    ds = dcmread(io.BytesIO(series[0]))
+    meta = encode_file_meta(
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID, "PACS1"
+    )
+    original_meta_end = 144 + int.from_bytes(series[0][140:144], "little")
+    rebuilt = dcmread(io.BytesIO(meta + series[0][original_meta_end:]))
+    validate_file_meta(rebuilt.file_meta, enforce_standard=True)
+    assert rebuilt.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert rebuilt.file_meta.SourceApplicationEntityTitle == "PACS1"
+    assert rebuilt.SOPInstanceUID == ds.SOPInstanceUID
+    assert rebuilt.PixelData == ds.PixelData
