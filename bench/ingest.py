@@ -175,47 +175,49 @@ def main() -> int:
         "radnode, 1 listener": node_runner(1),
         "radnode, 2 listeners": node_runner(2),
     }
-    results: dict[str, dict[int, float]] = {name: {} for name in receivers}
+    # rates[name][associations] holds one rate per round; every round measures all
+    # receivers back to back, so a slow spell of the machine hits them alike and the
+    # ratios are taken within a round before their median is reported.
+    rates: dict[str, dict[int, list[float]]] = {n: {1: [], 4: []} for n in receivers}
     with tempfile.TemporaryDirectory(prefix="radnode-bench-") as tmp:
         root = Path(tmp)
         series = write_ct_series(root / "ct", args.slices, args.size, args.size, seed=1)
         files = list(series.paths)
         size_mb = sum(p.stat().st_size for p in files) / 1e6
         print(f"series: {len(files)} slices of {args.size}x{args.size}, {size_mb:.1f} MB")
-        for associations in (1, 4):
-            for name, runner in receivers.items():
-                rates = []
-                for rep in range(args.repeat):
-                    work = root / f"run-{associations}-{len(rates)}-{rep}-{abs(hash(name))}"
+        for rep in range(args.repeat):
+            for associations in (1, 4):
+                for index, (name, runner) in enumerate(receivers.items()):
+                    work = root / f"run-{rep}-{associations}-{index}"
                     work.mkdir()
                     with runner(work) as (ae, port):
-                        rates.append(push(files, ae, port, associations))
+                        rates[name][associations].append(push(files, ae, port, associations))
                     shutil.rmtree(work, ignore_errors=True)
-                results[name][associations] = statistics.median(rates)
 
-    ref = results["DCMTK storescp"]
-    orthanc = results["Orthanc"]
+    def ratio(name: str, reference: str, n: int) -> float:
+        pairs = zip(rates[name][n], rates[reference][n], strict=True)
+        return statistics.median(rate / ref for rate, ref in pairs)
+
     print()
     print("| receiver | 1 association | 4 associations |")
     print("|---|---|---|")
-    for name, by_count in results.items():
+    for name in receivers:
         cells = []
         for n in (1, 4):
-            rate = by_count[n]
-            cell = f"{rate:.0f} img/s"
+            cell = f"{statistics.median(rates[name][n]):.0f} img/s"
             if name != "DCMTK storescp":
-                cell += f" ({rate / ref[n]:.2f}x storescp"
+                cell += f" ({ratio(name, 'DCMTK storescp', n):.2f}x storescp"
                 if name.startswith("radnode"):
-                    cell += f", {rate / orthanc[n]:.2f}x Orthanc"
+                    cell += f", {ratio(name, 'Orthanc', n):.2f}x Orthanc"
                 cell += ")"
             cells.append(cell)
         print(f"| {name} | {cells[0]} | {cells[1]} |")
     print(
-        f"\nmedian of {args.repeat} runs each; storescu with TCP_NODELAY=1; "
-        f"{len(files)} images per run"
+        f"\nmedians of {args.repeat} rounds; ratios are medians of the ratios within each "
+        f"round; storescu with TCP_NODELAY=1; {len(files)} images per run"
     )
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps(rates, indent=2))
     return 0
 
 
