@@ -192,7 +192,8 @@ def test_kill_9_during_a_300_instance_push_loses_nothing_acknowledged(
     node.kill9()
     output, _ = push.communicate(timeout=60)
     acknowledged = acknowledged_files(output)
-    assert 100 <= len(acknowledged) < 300, "the kill must land mid-push"
+    # storescu may not have read the last response before the kill: >= 90, not 100
+    assert 90 <= len(acknowledged) < 300, "the kill must land mid-push"
     # Then after a restart every acknowledged instance is on disk, indexed, identical
     node.start()
     with sqlite3.connect(node.index_db()) as db:
