@@ -64,3 +64,31 @@ def test_waking_queue_wakes_a_select_on_put() -> None:
         assert waking.get_nowait() == "primitive"
     finally:
         waking.close()
+
+
+def test_store_responses_are_encoded_byte_for_byte_as_pynetdicom_would() -> None:
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+
+    for status in (0x0000, 0xA700, 0xC210, 0xB000):
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = 7
+        rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        rsp.AffectedSOPInstanceUID = "1.2.3.4.5"  # odd length: padded
+        rsp.Status = status
+        message = C_STORE_RSP()
+        message.primitive_to_message(rsp)
+        [pdata] = list(message.encode_msg(1, 16384))
+        [(context_id, value)] = pdata.presentation_data_value_list
+        assert context_id == 1 and value[:1] == b"\x03"
+        assert tuning.encode_store_response(rsp) == value[1:]
+
+
+def test_a_response_with_an_error_comment_is_left_to_pynetdicom() -> None:
+    from pynetdicom.dimse_primitives import C_STORE
+
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 1
+    rsp.Status = 0xC210
+    rsp.ErrorComment = "cannot understand"
+    assert tuning.encode_store_response(rsp) is None
