@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import yaml
@@ -58,26 +58,31 @@ def wait_for_echo(ae: str, port: int, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def run_storescp(work: Path) -> Iterator[tuple[str, int]]:
+def serving(
+    command: list[str], ae: str, port: int, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """Run a receiver until the block ends; ready once it answers C-ECHO."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_echo(ae, port)
+        yield ae, port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+Receiver = Callable[[Path], AbstractContextManager[tuple[str, int]]]
+
+
+def run_storescp(work: Path) -> AbstractContextManager[tuple[str, int]]:
     port = free_port()
     out = work / "storescp"
     out.mkdir()
-    proc = subprocess.Popen(
-        [STORESCP, "--fork", "-aet", "STORESCP", "-od", str(out), str(port)],
-        env=DCMTK_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_echo("STORESCP", port)
-        yield "STORESCP", port
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    command = [STORESCP, "--fork", "-aet", "STORESCP", "-od", str(out), str(port)]
+    return serving(command, "STORESCP", port, DCMTK_ENV)
 
 
-@contextmanager
-def run_orthanc(work: Path) -> Iterator[tuple[str, int]]:
+def run_orthanc(work: Path) -> AbstractContextManager[tuple[str, int]]:
     port = free_port()
     storage = work / "orthanc"
     storage.mkdir()
@@ -95,23 +100,11 @@ def run_orthanc(work: Path) -> Iterator[tuple[str, int]]:
     }
     config_path = work / "orthanc.json"
     config_path.write_text(json.dumps(config))
-    proc = subprocess.Popen(
-        [ORTHANC, str(config_path)],
-        env=DCMTK_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_echo("ORTHANC", port)
-        yield "ORTHANC", port
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    return serving([ORTHANC, str(config_path)], "ORTHANC", port, DCMTK_ENV)
 
 
-def node_runner(processes: int) -> Callable[[Path], contextmanager[tuple[str, int]]]:
-    @contextmanager
-    def run_node(work: Path) -> Iterator[tuple[str, int]]:
+def node_runner(processes: int) -> Receiver:
+    def run_node(work: Path) -> AbstractContextManager[tuple[str, int]]:
         port = free_port()
         config = {
             "node": {"ae_title": "RADNODE", "port": port, "listener_processes": processes},
@@ -122,19 +115,10 @@ def node_runner(processes: int) -> Callable[[Path], contextmanager[tuple[str, in
         }
         config_path = work / "radnode.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "serve", "--config", str(config_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for_echo("RADNODE", port)
-            yield "RADNODE", port
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        command = [sys.executable, "-m", "node", "serve", "--config", str(config_path)]
+        return serving(command, "RADNODE", port)
 
-    return run_node  # type: ignore[return-value]
+    return run_node
 
 
 def push(files: list[Path], ae: str, port: int, associations: int) -> float:
@@ -169,9 +153,9 @@ def main() -> int:
             print(f"missing {tool}: install the Debian packages dcmtk and orthanc", file=sys.stderr)
             return 2
 
-    receivers: dict[str, Callable[[Path], contextmanager[tuple[str, int]]]] = {
-        "DCMTK storescp": run_storescp,  # type: ignore[dict-item]
-        "Orthanc": run_orthanc,  # type: ignore[dict-item]
+    receivers: dict[str, Receiver] = {
+        "DCMTK storescp": run_storescp,
+        "Orthanc": run_orthanc,
         "radnode, 1 listener": node_runner(1),
         "radnode, 2 listeners": node_runner(2),
     }
