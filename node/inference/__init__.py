@@ -1,0 +1,1 @@
+"""Inference: series to volume, model packages, ONNX Runtime sessions, pipelines."""
