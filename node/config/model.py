@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -203,8 +204,68 @@ class CompletionSettings(_Section):
         return self
 
 
+def _one_or_many(value: Any) -> Any:
+    """Let IT write `modality: CT` as well as `modality: [CT, PT]`."""
+    return [value] if isinstance(value, str) else value
+
+
+def _check_pattern(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from exc
+    return value
+
+
+UpperWords = Annotated[list[str], BeforeValidator(_one_or_many)]
+
+
+class RouteRules(_Section):
+    """Conditions on a complete series; every condition given must hold."""
+
+    modality: UpperWords = Field(
+        default_factory=list,
+        description="the series' Modality, one value or a list such as [CT]",
+    )
+    body_part: UpperWords = Field(
+        default_factory=list,
+        description="BodyPartExamined, one value or a list such as [CHEST, LUNG, THORAX]; a "
+        "series without the attribute matches only when allow_missing_body_part is true",
+    )
+    allow_missing_body_part: bool = Field(
+        True,
+        description="whether a series with no BodyPartExamined passes the body_part rule "
+        "(many scanners leave it empty)",
+    )
+    min_slices: int = Field(
+        0, ge=0, description="the fewest instances in the series, such as 30 for a volume"
+    )
+    max_slice_thickness_mm: float | None = Field(
+        None, gt=0, description="the thickest slices accepted, in millimetres, such as 3"
+    )
+    series_description: Annotated[str, AfterValidator(_check_pattern)] | None = Field(
+        None,
+        description="a regular expression searched in SeriesDescription, case-insensitive, "
+        "such as 'lung|chest'",
+    )
+    exclude_series_description: Annotated[str, AfterValidator(_check_pattern)] | None = Field(
+        None,
+        description="a regular expression that, when found in SeriesDescription, excludes "
+        "the series, such as 'scout|topogram|dose'",
+    )
+    image_type: UpperWords = Field(
+        default_factory=list,
+        description="values that must all appear in ImageType, such as [ORIGINAL, AXIAL]",
+    )
+
+    @field_validator("modality", "body_part", "image_type")
+    @classmethod
+    def _upper(cls, values: list[str]) -> list[str]:
+        return [v.strip().upper() for v in values]
+
+
 class Route(_Section):
-    """Which model runs on which series and where results go (rules come with inference)."""
+    """Which model runs on which series, and where its results go."""
 
     name: Name = Field(description="a short name for this route")
     from_: list[str] = Field(
@@ -212,14 +273,64 @@ class Route(_Section):
         alias="from",
         description="the names of the sources this route applies to; empty means every source",
     )
-    when: dict[str, Any] = Field(
-        default_factory=dict, description="conditions on DICOM attributes of the series"
+    when: RouteRules = Field(
+        default_factory=RouteRules,
+        description="conditions on the series: modality, body_part, min_slices, "
+        "max_slice_thickness_mm, series_description, image_type",
     )
-    model: str = Field(min_length=1, description="the name of the model package to run")
+    model: Name = Field(description="the name of the model package to run (see radnode models)")
     send_to: list[str] = Field(
         default_factory=list, description="the names of the destinations for the results"
     )
-    priority: int = Field(0, description="higher runs first")
+    priority: int = Field(0, description="higher runs first when jobs wait for a worker")
+
+
+ProviderName = Literal["tensorrt", "cuda", "cpu"]
+
+
+def _default_providers() -> list[ProviderName]:
+    return ["tensorrt", "cuda", "cpu"]
+
+
+class InferenceSettings(_Section):
+    """Where models live and how they run."""
+
+    models_dir: Path = Field(
+        Path("models"),
+        description="the folder holding one folder per model package (model.yaml inside)",
+    )
+    workers: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="worker processes that run models; 0 runs none (receive only); one per "
+        "GPU, or one on a CPU-only machine",
+    )
+    providers: list[ProviderName] = Field(
+        default_factory=_default_providers,
+        min_length=1,
+        description="ONNX Runtime execution providers to try, in order: tensorrt, cuda, cpu; "
+        "the first that works runs the model",
+    )
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="CPU threads one model may use; 0 means one per core",
+    )
+    batch_slices: int = Field(
+        4, ge=1, le=256, description="slices run through a 2D network at once"
+    )
+    lease_seconds: float = Field(
+        300,
+        ge=10,
+        le=86400,
+        description="how long a worker holds a job without renewing its lease; a job whose "
+        "worker died runs again after this",
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=20, description="how often a job is tried before it is marked failed"
+    )
 
 
 class LoggingSettings(_Section):
@@ -244,6 +355,7 @@ class NodeConfig(_Section):
     destinations: list[Destination] = Field(default_factory=list)
     completion: CompletionSettings = Field(default_factory=CompletionSettings)
     routes: list[Route] = Field(default_factory=list)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")

@@ -2,8 +2,12 @@
 
 from node.domain.types import (
     AssociationInfo,
+    Finding,
     InstanceHeader,
+    Job,
     JobState,
+    RouteMatch,
+    SeriesFacts,
     SeriesState,
     StoreOutcome,
     StoreResult,
@@ -12,8 +16,12 @@ from node.domain.types import (
 
 __all__ = [
     "AssociationInfo",
+    "Finding",
     "InstanceHeader",
+    "Job",
     "JobState",
+    "RouteMatch",
+    "SeriesFacts",
     "SeriesState",
     "StoreOutcome",
     "StoreResult",

@@ -25,6 +25,7 @@ class JobState(enum.StrEnum):
 
     PENDING = "pending"
     RUNNING = "running"
+    INFERRED = "inferred"  # the model's result is kept on disk, ready for encoding
     ENCODED = "encoded"
     DELIVERING = "delivering"
     DELIVERED = "delivered"
@@ -92,4 +93,104 @@ class AssociationInfo:
             "calling_ae": self.calling_ae,
             "peer": f"{self.address}:{self.port}",
             **({"source": self.source} if self.source else {}),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesFacts:
+    """What routing rules look at: a complete series, from the index and one header.
+
+    `slice_thickness_mm` and `image_type` come from a representative instance;
+    they are None or empty when the header does not carry them.
+    """
+
+    study_uid: str
+    series_uid: str
+    generation: int
+    source: str | None
+    modality: str
+    body_part: str
+    series_description: str
+    instance_count: int
+    slice_thickness_mm: float | None = None
+    image_type: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """A route chosen for a series: the job to create."""
+
+    route: str
+    model: str
+    priority: int
+    send_to: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A unit of work: one model on one generation of one series."""
+
+    id: str
+    study_uid: str
+    series_uid: str
+    generation: int
+    route: str
+    model: str
+    state: JobState
+    priority: int
+    attempts: int
+    send_to: tuple[str, ...] = ()
+    reason: str | None = None
+    result_relpath: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing a model found, measured in patient space; free of patient data.
+
+    `centroid_mm` is (x, y, z) in DICOM patient coordinates; the key slice is the
+    index of the source slice where the long axis was measured, and `long_axis_mm`
+    and `short_axis_mm` are the end points on it (patient coordinates).
+    """
+
+    label: str
+    tracking_id: str
+    centroid_mm: tuple[float, float, float]
+    volume_mm3: float
+    long_axis_mm: float
+    short_axis_mm: float
+    mean_hu: float
+    score: float
+    key_slice: int
+    key_sop_instance_uid: str
+    long_axis_endpoints_mm: tuple[tuple[float, float, float], tuple[float, float, float]]
+    short_axis_endpoints_mm: tuple[tuple[float, float, float], tuple[float, float, float]]
+    voxel_count: int
+    extent_slices: tuple[int, int]
+    attributes: dict[str, float] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, object]:
+        """The finding as findings.json writes it."""
+        return {
+            "label": self.label,
+            "tracking_id": self.tracking_id,
+            "centroid_mm": [round(v, 2) for v in self.centroid_mm],
+            "volume_mm3": round(self.volume_mm3, 1),
+            "long_axis_mm": round(self.long_axis_mm, 2),
+            "short_axis_mm": round(self.short_axis_mm, 2),
+            "mean_hu": round(self.mean_hu, 1),
+            "score": round(self.score, 3),
+            "key_slice": self.key_slice,
+            "key_sop_instance_uid": self.key_sop_instance_uid,
+            "long_axis_endpoints_mm": [
+                [round(v, 2) for v in p] for p in self.long_axis_endpoints_mm
+            ],
+            "short_axis_endpoints_mm": [
+                [round(v, 2) for v in p] for p in self.short_axis_endpoints_mm
+            ],
+            "voxel_count": self.voxel_count,
+            "extent_slices": list(self.extent_slices),
+            "attributes": {k: round(v, 4) for k, v in self.attributes.items()},
         }

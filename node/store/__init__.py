@@ -8,14 +8,17 @@ from node.store.index import (
     StudySummary,
 )
 from node.store.instances import InstanceStore, ReindexReport
+from node.store.jobs import JobQueue, job_id_for
 
 __all__ = [
     "CompletedUnit",
     "InstanceIndex",
     "InstanceStore",
+    "JobQueue",
     "ReindexReport",
     "SeriesSummary",
     "StudySummary",
     "check_uid",
+    "job_id_for",
     "read_header",
 ]

@@ -211,6 +211,14 @@ class InstanceIndex:
         self._writer.dispose()
         self._reader.dispose()
 
+    def write_transaction(self) -> AbstractContextManager[Connection]:
+        """One write transaction, queued behind other writers (for the job queue)."""
+        return self._write()
+
+    def read_transaction(self) -> AbstractContextManager[Connection]:
+        """One read transaction."""
+        return self._read()
+
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         with self._write_lock, self._writer.begin() as conn:

@@ -57,6 +57,10 @@ series = Table(
     Column("first_received_at", Float, nullable=False),
     Column("last_received_at", Float, nullable=False),
     Column("completed_at", Float),
+    # The last generation that routing has turned into jobs: a complete series with
+    # routed_generation < generation still needs routing (so a crash between
+    # completion and routing loses nothing).
+    Column("routed_generation", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_series_study", "study_uid"),
     Index("ix_series_state", "state", "last_received_at"),
 )
@@ -85,14 +89,17 @@ jobs = Table(
     Column("id", String(36), primary_key=True),
     Column("study_uid", UID, nullable=False),
     Column("series_uid", UID, nullable=False),
+    Column("generation", Integer, nullable=False, default=1),
     Column("route", String(64), nullable=False),
     Column("model", String(64), nullable=False),
+    Column("send_to", Text),  # JSON list of destination names
     Column("state", String(16), nullable=False),
     Column("reason", Text),
     Column("priority", Integer, nullable=False, default=0),
     Column("attempts", Integer, nullable=False, default=0),
     Column("lease_owner", String(64)),
     Column("lease_expires_at", Float),
+    Column("result_relpath", String(255)),  # under <root>/results/, once inferred
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Index("ix_jobs_state", "state", "priority"),
