@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from node import __version__
 from node.config import NodeConfig, load_config, resolve_config_path
+from node.domain import JobState
 from node.errors import ConfigError
 from node.export import Target, echo, parse_target, send_files
 from node.logs import configure_logging
@@ -64,6 +65,28 @@ def _parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("--limit", type=int, default=50, help="how many studies (default 50)")
     p.add_argument("--show-phi", action="store_true", help="also show patient name and ID (PHI)")
+
+    p = sub.add_parser("models", help="list the model packages and what they accept")
+    with_config(p)
+    p.add_argument("--models", type=Path, metavar="DIR", help="the models folder to list")
+
+    p = sub.add_parser("run", help="run a model on a folder of DICOM files, without the server")
+    with_config(p)
+    p.add_argument("model", metavar="MODEL", help="a model package name (see radnode models)")
+    p.add_argument("path", metavar="PATH", type=Path, help="a folder holding one series")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="where to write")
+    p.add_argument("--models", type=Path, metavar="DIR", help="the models folder to use")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for the model")
+
+    p = sub.add_parser("jobs", help="list jobs with their state and reason")
+    with_config(p)
+    p.add_argument("--state", choices=[s.value for s in JobState], help="only this state")
+    p.add_argument("--limit", type=int, default=50, help="how many jobs (default 50)")
+
+    p = sub.add_parser(
+        "demo", help="make a synthetic chest CT, run a node on it and print the findings"
+    )
+    p.add_argument("--workdir", type=Path, metavar="DIR", help="keep the demo's files here")
     return parser
 
 
@@ -81,6 +104,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     command: str = args.command
+    if command == "demo":
+        from node.cli.demo import demo
+
+        return demo(args.workdir)
+    if command in {"models", "run"}:
+        from node.cli import models_cmd
+
+        # A config is optional here: the shipped models/ folder is the default.
+        cfg = load_config(args.config) if _has_config(args) else NodeConfig()
+        configure_logging("warning", "console" if sys.stderr.isatty() else "json")
+        if command == "models":
+            return models_cmd.list_models(cfg, args.models)
+        return models_cmd.run_model(
+            cfg, args.model, args.path, args.out, override=args.models, threads=args.threads
+        )
     if command in {"echo", "send"}:
         # A config is optional here: AET@host:port works without one.
         optional = load_config(args.config) if _has_config(args) else None
@@ -95,6 +133,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         configure_logging(config.logging.level, config.logging.format)
         return serve(config)
+    if command == "jobs":
+        from node.cli.models_cmd import list_jobs
+
+        return list_jobs(config, args.state, args.limit)
     return _studies(args, config)
 
 

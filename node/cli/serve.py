@@ -1,4 +1,4 @@
-"""`radnode serve`: the supervisor process with its listeners and the completion sweep."""
+"""`radnode serve`: the supervisor with its listeners, completion, routing and workers."""
 
 from __future__ import annotations
 
@@ -16,11 +16,14 @@ from types import FrameType
 import structlog
 
 from node.assembly import CompletionSweeper
+from node.cli.work import Worker, route_pending
 from node.config import NodeConfig
+from node.errors import ConfigError
+from node.inference.package import ModelRegistry
 from node.ingest import AssociationLimiter, DicomListener
 from node.ingest.scp import open_shared_socket
 from node.logs import configure_logging
-from node.store import InstanceIndex, InstanceStore
+from node.store import InstanceIndex, InstanceStore, JobQueue
 from node.store.index import WriteLock
 
 log = structlog.get_logger("radnode.serve")
@@ -73,6 +76,49 @@ def _listener_process(
     store.close()
 
 
+def _worker_process(
+    config: NodeConfig, write_lock: WriteLock, number: int, ready: EventType
+) -> None:
+    """Entry point of a worker process: claims jobs and runs models until stopped."""
+    _die_with_parent()
+    configure_logging(config.logging.level, config.logging.format)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    store = open_store(config, write_lock)
+    registry = ModelRegistry.load(config.inference.resolved_models_dir())
+    ready.set()
+    Worker(config, store, registry, number).run(stop)
+    store.close()
+
+
+def load_models(config: NodeConfig) -> ModelRegistry:
+    """The model packages, checked against the routes; ConfigError says what to fix."""
+    models_dir = config.inference.resolved_models_dir()
+    registry = ModelRegistry.load(models_dir)
+    for i, route in enumerate(config.routes):
+        if route.model not in registry:
+            known = ", ".join(p.name for p in registry) or "none"
+            raise ConfigError(
+                f"routes[{i}].model {route.model!r} is not a model package in "
+                f"{models_dir} (available: {known}); fix the name or "
+                "inference.models_dir"
+            )
+    return registry
+
+
+def _route_loop(
+    config: NodeConfig, store: InstanceStore, stop: threading.Event, interval: float
+) -> None:
+    """Route complete series into jobs until stopped; errors are logged, the loop goes on."""
+    queue = JobQueue(store.index)
+    while not stop.wait(interval):
+        try:
+            route_pending(config, store, queue)
+        except Exception:
+            log.exception("routing_failed")
+
+
 def _cannot_listen(config: NodeConfig, store: InstanceStore, exc: OSError) -> int:
     log.error(
         "dicom_listener_failed",
@@ -89,6 +135,13 @@ def _cannot_listen(config: NodeConfig, store: InstanceStore, exc: OSError) -> in
 def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
     """Run the node until SIGTERM or SIGINT; return the exit code."""
     stop = stop or threading.Event()
+    try:
+        registry = load_models(config) if config.routes else None
+    except ConfigError as exc:
+        log.error("models_invalid", reason=str(exc))
+        return 2
+    if registry is not None:
+        log.info("models_loaded", models=[f"{p.name} {p.version}" for p in registry])
     context = multiprocessing.get_context("spawn")
     write_lock = context.Lock()
     store = open_store(config, write_lock)
@@ -109,6 +162,20 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
         return _cannot_listen(config, store, exc)
 
     children: dict[int, BaseProcess] = {}
+    workers: dict[int, BaseProcess] = {}
+
+    worker_ready: dict[int, EventType] = {}  # kept referenced: the child unpickles them
+
+    def start_worker(number: int) -> None:
+        worker_ready[number] = context.Event()
+        process = context.Process(
+            target=_worker_process,
+            args=(config, write_lock, number, worker_ready[number]),
+            name=f"radnode-worker-{number}",
+            daemon=True,
+        )
+        process.start()
+        workers[number] = process
 
     def start_child(number: int) -> EventType:
         ready = context.Event()
@@ -140,6 +207,15 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
     )
     sweep_thread = threading.Thread(target=sweeper.run, args=(stop,), name="completion")
     sweep_thread.start()
+    route_thread = threading.Thread(
+        target=_route_loop,
+        args=(config, store, stop, sweeper.interval_seconds),
+        name="routing",
+    )
+    route_thread.start()
+    # Without routes there is nothing to run: no worker is started.
+    for number in range(1, (config.inference.workers if config.routes else 0) + 1):
+        start_worker(number)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("stop_requested", signal=signal.Signals(signum).name)
@@ -153,20 +229,27 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
         ae_title=config.node.ae_title,
         port=listener.port,
         listener_processes=config.node.listener_processes,
+        workers=len(workers),
         sources=len(config.sources),
+        routes=len(config.routes),
     )
     while not stop.wait(1.0):
         for number, process in list(children.items()):
             if not process.is_alive():
                 log.error("listener_process_died", listener=number, exit_code=process.exitcode)
                 start_child(number)
+        for number, process in list(workers.items()):
+            if not process.is_alive():
+                log.error("worker_process_died", worker=number, exit_code=process.exitcode)
+                start_worker(number)
 
     listener.stop()
-    for process in children.values():
+    for process in [*children.values(), *workers.values()]:
         process.terminate()
-    for process in children.values():
+    for process in [*children.values(), *workers.values()]:
         process.join(timeout=10)
     sweep_thread.join()
+    route_thread.join()
     store.close()
     log.info("node_stopped")
     return 0

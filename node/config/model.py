@@ -295,9 +295,10 @@ def _default_providers() -> list[ProviderName]:
 class InferenceSettings(_Section):
     """Where models live and how they run."""
 
-    models_dir: Path = Field(
-        Path("models"),
-        description="the folder holding one folder per model package (model.yaml inside)",
+    models_dir: Path | None = Field(
+        None,
+        description="the folder holding one folder per model package (model.yaml inside); "
+        "unset means the models/ folder shipped with Radnode",
     )
     workers: int = Field(
         1,
@@ -331,6 +332,13 @@ class InferenceSettings(_Section):
     max_attempts: int = Field(
         3, ge=1, le=20, description="how often a job is tried before it is marked failed"
     )
+
+    def resolved_models_dir(self) -> Path:
+        """models_dir, or the models/ folder beside the node package when unset."""
+        if self.models_dir is not None:
+            return self.models_dir
+        shipped = Path(__file__).resolve().parents[2] / "models"
+        return shipped if shipped.is_dir() else Path("models")
 
 
 class LoggingSettings(_Section):

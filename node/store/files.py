@@ -30,6 +30,7 @@ def free_bytes(root: Path) -> int:
 
 
 STAGING_DIR = ".incoming"
+RESULTS_DIR = "results"  # model results, beside the study folders (never a UID)
 
 
 def check_reserve(folder: Path, size: int, reserve_bytes: int) -> None:
@@ -104,7 +105,11 @@ def _series_entries(root: Path) -> Iterator[os.DirEntry[str]]:
     if not root.is_dir():
         return
     for study in os.scandir(root):
-        if not study.is_dir(follow_symlinks=False) or study.name.startswith("."):
+        if (
+            not study.is_dir(follow_symlinks=False)
+            or study.name.startswith(".")
+            or study.name == RESULTS_DIR
+        ):
             continue
         for series in os.scandir(study.path):
             if series.is_dir(follow_symlinks=False):

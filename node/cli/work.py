@@ -1,0 +1,292 @@
+"""Routing and workers: where the store, routing and inference meet.
+
+The supervisor routes every complete series (`route_pending`); worker processes
+claim jobs with a lease, load the series, run the model and keep the result for
+encoding (`Worker`). Bad input is rejected with its reason and never retried; a
+failure of the model or the machine is retried up to `inference.max_attempts`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import structlog
+from pydicom.errors import InvalidDicomError
+
+from node.config import NodeConfig
+from node.domain import Job, JobState, SeriesFacts
+from node.errors import ConfigError, ModelError
+from node.inference.package import ModelRegistry
+from node.inference.pipelines import (
+    InferenceResult,
+    Pipeline,
+    RuntimeSettings,
+    build_pipeline,
+    requirements_of,
+)
+from node.inference.volume import SeriesRejected, load_series
+from node.inference.volume_types import Volume
+from node.routing import explain_mismatch, match_routes
+from node.store import InstanceStore, JobQueue
+from node.store.results import save_result
+
+log = structlog.get_logger("radnode.work")
+
+POLL_SECONDS = 0.5
+
+
+# -- routing ---------------------------------------------------------------------------
+
+
+def enrich_facts(facts: SeriesFacts, sample: Path | None) -> SeriesFacts:
+    """Add what the index does not keep (SliceThickness, ImageType) from one header."""
+    if sample is None:
+        return facts
+    try:
+        header = pydicom.dcmread(
+            sample, stop_before_pixels=True, specific_tags=["SliceThickness", "ImageType"]
+        )
+    except (OSError, InvalidDicomError):
+        return facts
+    thickness = header.get("SliceThickness")
+    image_type = header.get("ImageType") or []
+    if isinstance(image_type, str):
+        image_type = [image_type]
+    try:
+        thickness_mm = float(thickness) if thickness not in (None, "") else None
+    except (TypeError, ValueError):
+        thickness_mm = None
+    return SeriesFacts(
+        study_uid=facts.study_uid,
+        series_uid=facts.series_uid,
+        generation=facts.generation,
+        source=facts.source,
+        modality=facts.modality,
+        body_part=facts.body_part,
+        series_description=facts.series_description,
+        instance_count=facts.instance_count,
+        slice_thickness_mm=thickness_mm,
+        image_type=tuple(str(v) for v in image_type),
+    )
+
+
+def route_pending(
+    config: NodeConfig, store: InstanceStore, queue: JobQueue, now: Callable[[], float] = time.time
+) -> int:
+    """Turn every complete, not yet routed series into jobs; return how many jobs."""
+    created = 0
+    for series_uid, _generation in queue.series_to_route():
+        found = queue.series_facts(series_uid)
+        if found is None:
+            continue
+        facts, sample = found
+        facts = enrich_facts(facts, store.path_of(sample) if sample else None)
+        matches = match_routes(config.routes, facts)
+        unmatched = {
+            route.name: reason
+            for route in config.routes
+            if (reason := explain_mismatch(route, facts)) is not None
+        }
+        jobs = queue.record_routing(facts, matches, now(), unmatched)
+        created += len(jobs)
+        for job in jobs:
+            log.info(
+                "job_created",
+                job_id=job.id,
+                study_uid=job.study_uid,
+                series_uid=job.series_uid,
+                route=job.route,
+                model=job.model,
+                priority=job.priority,
+            )
+        if not matches:
+            log.info(
+                "series_not_routed",
+                study_uid=facts.study_uid,
+                series_uid=series_uid,
+                reasons=unmatched or "no routes configured",
+            )
+    return created
+
+
+# -- workers ---------------------------------------------------------------------------
+
+
+def runtime_settings(config: NodeConfig) -> RuntimeSettings:
+    """The ONNX Runtime settings the configuration asks for."""
+    inference = config.inference
+    return RuntimeSettings(
+        providers=tuple(inference.providers),
+        intra_op_threads=inference.intra_op_threads,
+        batch_slices=inference.batch_slices,
+    )
+
+
+def result_payload(volume: Volume, result: InferenceResult) -> dict[str, object]:
+    """The metadata kept beside a result: what encoding needs, no patient data."""
+    return {
+        "model": result.model,
+        "model_version": result.model_version,
+        "provider": result.provider,
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        "notes": result.notes,
+        "study_uid": volume.study_uid,
+        "series_uid": volume.series_uid,
+        "frame_of_reference_uid": volume.frame_of_reference_uid,
+        "sop_class_uid": volume.sop_class_uid,
+        "sop_instance_uids": list(volume.sop_instance_uids),
+        "origin": list(volume.origin),
+        "spacing": list(volume.spacing),
+        "row_direction": list(volume.row_direction),
+        "column_direction": list(volume.column_direction),
+        "shape": list(volume.shape),
+    }
+
+
+class Worker:
+    """Claims jobs and runs them, one at a time, with warm pipelines."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: InstanceStore,
+        registry: ModelRegistry,
+        number: int = 1,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.queue = JobQueue(store.index)
+        self.registry = registry
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:w{number}"
+        self.number = number
+        self._clock = clock
+        self._pipelines: dict[str, Pipeline] = {}
+
+    def pipeline(self, model: str) -> Pipeline:
+        """The model's pipeline, built on first use and kept warm."""
+        if model not in self._pipelines:
+            package = self.registry.get(model)
+            self._pipelines[model] = build_pipeline(package, runtime_settings(self.config))
+        return self._pipelines[model]
+
+    def warm_up(self) -> None:
+        """Build the pipeline of every model a route names, before any job comes."""
+        for model in sorted({route.model for route in self.config.routes}):
+            try:
+                self.pipeline(model)
+            except (ConfigError, ModelError) as exc:
+                log.error("model_unavailable", model=model, worker=self.number, reason=str(exc))
+
+    def run_once(self) -> Job | None:
+        """Claim one job and run it; None when there was nothing to do."""
+        inference = self.config.inference
+        job = self.queue.claim(
+            self.owner, inference.lease_seconds, self._clock(), inference.max_attempts
+        )
+        if job is None:
+            return None
+        fields = {"job_id": job.id, "series_uid": job.series_uid, "model": job.model}
+        log.info(
+            "job_claimed", worker=self.number, pid=os.getpid(), attempt=job.attempts, **fields
+        )
+        stop_renewing = threading.Event()
+        renewer = threading.Thread(
+            target=self._renew, args=(job.id, stop_renewing), name="lease", daemon=True
+        )
+        renewer.start()
+        try:
+            self._run(job, fields)
+        finally:
+            stop_renewing.set()
+            renewer.join()
+        return self.queue.get(job.id)
+
+    def _renew(self, job_id: str, stop: threading.Event) -> None:
+        lease = self.config.inference.lease_seconds
+        while not stop.wait(lease / 3):
+            if not self.queue.renew(job_id, self.owner, lease, self._clock()):
+                log.warning("job_lease_lost", job_id=job_id, worker=self.number)
+                return
+
+    def _run(self, job: Job, fields: dict[str, str]) -> None:
+        now = self._clock
+        try:
+            pipeline = self.pipeline(job.model)
+        except (ConfigError, ModelError) as exc:
+            self._fail(job, f"model {job.model!r} cannot run: {exc}", fields)
+            return
+        paths = [self.store.path_of(p) for p in self.queue.series_instance_relpaths(job.series_uid)]
+        started = time.perf_counter()
+        try:
+            volume = load_series(paths, requirements_of(pipeline.package))
+        except SeriesRejected as exc:
+            self.queue.finish(job.id, self.owner, JobState.REJECTED, now(), reason=exc.reason)
+            log.warning("series_rejected", reason=exc.reason, **fields)
+            return
+        except OSError as exc:
+            self._fail(job, f"cannot read the series: {exc.strerror or exc}", fields)
+            return
+        load_seconds = time.perf_counter() - started
+        try:
+            result = pipeline.run(volume)
+        except MemoryError:
+            self._fail(job, "out of memory while running the model", fields)
+            return
+        except Exception as exc:  # a model's failure must not stop the worker
+            log.exception("model_failed", **fields)
+            self._fail(job, f"the model failed: {type(exc).__name__}: {exc}", fields)
+            return
+        result.timings["load"] = load_seconds
+        relpath = save_result(
+            self.store.root,
+            job.id,
+            findings=[f.as_json() for f in result.findings],
+            masks=result.segments,
+            labels={"findings": result.findings_labels},
+            meta=result_payload(volume, result),
+        )
+        detail = {
+            "findings": len(result.findings),
+            "provider": result.provider,
+            "seconds": round(sum(result.timings.values()), 3),
+        }
+        if self.queue.finish(
+            job.id, self.owner, JobState.INFERRED, now(), result_relpath=relpath, detail=detail
+        ):
+            log.info(
+                "job_inferred",
+                **fields,
+                **detail,
+                timings={k: round(v, 3) for k, v in result.timings.items()},
+            )
+        else:
+            log.warning("job_lease_lost_before_finish", **fields)
+
+    def _fail(self, job: Job, reason: str, fields: dict[str, str]) -> None:
+        now = self._clock()
+        if job.attempts >= self.config.inference.max_attempts:
+            self.queue.finish(job.id, self.owner, JobState.FAILED, now, reason=reason)
+            log.error("job_failed", reason=reason, attempts=job.attempts, **fields)
+        else:
+            self.queue.release_for_retry(job.id, self.owner, reason, now)
+            log.warning("job_retry", reason=reason, attempts=job.attempts, **fields)
+
+    def run(self, stop: threading.Event) -> None:
+        """Work until `stop` is set."""
+        self.warm_up()
+        log.info("worker_ready", worker=self.number, models=len(self.registry))
+        while not stop.is_set():
+            try:
+                job = self.run_once()
+            except Exception:  # the store may be busy or the disk full; try again
+                log.exception("worker_error", worker=self.number)
+                job = None
+            if job is None:
+                stop.wait(POLL_SECONDS)
