@@ -39,6 +39,10 @@ BoolArray = npt.NDArray[np.bool_]
 BlobFilter = Callable[[dict[str, FloatArray]], tuple[FloatArray, FloatArray]]
 
 
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
+
+
 @dataclass(frozen=True, slots=True)
 class DetectorSettings:
     """The detector's parameters, from the model package's `parameters`."""
@@ -49,6 +53,7 @@ class DetectorSettings:
     closing_radius_mm: float = 15.0
     min_dot: float = 40.0  # scale-normalised HU: a solid nodule in lung gives hundreds
     max_elongation: float = 3.0
+    max_line_over_dot: float = 1.5
     max_candidates: int = 200
     max_findings: int = 10
     min_score: float = 0.5
@@ -77,34 +82,65 @@ def search_region(
 ) -> BoolArray:
     """The lung mask with each lung closed slice by slice by a disc of `radius_mm`.
 
-    The closing runs on an in-plane grid halved (a 15 mm disc does not need 0.7 mm
-    pixels); what it adds is brought back to full resolution and joined to the mask.
+    Only the outer (costal) side of each lung is closed: what the closing adds
+    nearer the middle of the chest than the lung's own centre is the hilum or the
+    heart's border, full of vessels, not nodules missed by the lung network. The
+    closing runs on an in-plane grid reduced 4 times (a 15 mm disc does not need
+    0.7 mm pixels); what it adds is brought back to full resolution and joined to
+    the mask, so the lungs themselves keep their full-resolution edge.
     """
-    labels, _ = ndimage.label(lungs)
     region = lungs.copy()
-    step = 2
+    outer = _bounding_box(lungs)
+    if outer is None:
+        return region
+    step = 4
+    # Grow the box by the radius (the closing reaches that far) on the coarse grid.
     dy, dx = spacing[1] * step, spacing[2] * step
     pad_j = math.ceil(radius_mm / dy) + 1
     pad_i = math.ceil(radius_mm / dx) + 1
     rows, cols = lungs.shape[1], lungs.shape[2]
+    j0 = outer[1].start - outer[1].start % step
+    i0 = outer[2].start - outer[2].start % step
+    # Each lung is closed on its own, slice by slice: pieces are labelled in-plane at
+    # full resolution (the two lungs may touch through a line of one or two pixels,
+    # which a coarse grid would merge), so the gap between them is never bridged.
+    labels = ndimage.label(
+        lungs[outer[0], j0 : outer[1].stop, i0 : outer[2].stop], structure=_IN_PLANE
+    )[0][:, ::step, ::step]
+    min_pixels = 100.0 / (dy * dx)  # pieces under 1 cm2 are left as they are
+    # The middle of the chest on each slice: the centre of the lungs' pixels there.
+    centres: list[tuple[float, float]] = []
+    for plane in labels > 0:
+        pj, pi = np.nonzero(plane)
+        centres.append((float(pj.mean()), float(pi.mean())) if pj.size else (0.0, 0.0))
     for label, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
-        j0, j1 = box[1].start - box[1].start % step, box[1].stop
-        i0, i1 = box[2].start - box[2].start % step, box[2].stop
         for k in range(box[0].start, box[0].stop):
-            part = labels[k, j0:j1:step, i0:i1:step] == label
-            if not part.any():
+            part = labels[k, box[1], box[2]] == label
+            if part.sum() < min_pixels:
                 continue
+            pj, pi = np.nonzero(part)
+            lung_j, lung_i = pj.mean() + box[1].start, pi.mean() + box[2].start
+            mid_j, mid_i = centres[k]
+            reach = math.hypot((lung_j - mid_j) * dy, (lung_i - mid_i) * dx)
             padded = np.pad(part, ((pad_j, pad_j), (pad_i, pad_i)))
             # Closing by a disc through distance transforms: dilate, then erode.
             outside = ndimage.distance_transform_edt(~padded, sampling=(dy, dx))
             inside = ndimage.distance_transform_edt(outside <= radius_mm, sampling=(dy, dx))
-            closed = (inside > radius_mm)[pad_j:-pad_j, pad_i:-pad_i]
+            closed = inside > radius_mm
+            jj = (np.arange(closed.shape[0]) + box[1].start - pad_j - mid_j) * dy
+            ii = (np.arange(closed.shape[1]) + box[2].start - pad_i - mid_i) * dx
+            closed &= np.hypot(jj[:, None], ii[None, :]) >= reach  # the outer side only
             full = closed.repeat(step, axis=0).repeat(step, axis=1)
-            h = min(full.shape[0], rows - j0)
-            w = min(full.shape[1], cols - i0)
-            region[k, j0 : j0 + h, i0 : i0 + w] |= full[:h, :w]
+            top = j0 + (box[1].start - pad_j) * step
+            left = i0 + (box[2].start - pad_i) * step
+            cj0, ci0 = max(0, -top), max(0, -left)
+            top, left = max(0, top), max(0, left)
+            h = min(full.shape[0] - cj0, rows - top)
+            w = min(full.shape[1] - ci0, cols - left)
+            kk = outer[0].start + k
+            region[kk, top : top + h, left : left + w] |= full[cj0 : cj0 + h, ci0 : ci0 + w]
     return region
 
 
@@ -144,21 +180,37 @@ def blob_responses(
     return dot[0, 0], line[0, 0]
 
 
-def _responses_at(
-    hu: FloatArray, spacing: tuple[float, float, float], sigma_mm: float, run: BlobFilter
-) -> tuple[FloatArray, FloatArray]:
-    """Blob responses at one scale, on an in-plane grid as coarse as the scale allows.
+@dataclass(frozen=True, slots=True)
+class _Scale:
+    """One scale's responses on its own grid (in-plane stride 1, 2, 4 or 8)."""
+
+    sigma_mm: float
+    stride: int
+    dot: FloatArray
+    line: FloatArray
+
+
+def _stride_for(sigma_mm: float, spacing: tuple[float, float, float]) -> int:
+    """The coarsest in-plane stride on which a Gaussian of sigma is well sampled.
 
     A Gaussian of sigma s is well sampled on pixels up to s / 1.6, so coarse scales
-    run on a grid reduced in-plane by 2, 4 or 8 (block means) and their responses are
-    brought back by repetition: a quarter of the work or less per coarse scale.
+    run on a grid reduced in-plane by 2, 4 or 8 (block means): a quarter of the
+    work or less per coarse scale.
     """
     pixel = max(spacing[1], spacing[2])
     stride = 1
     while sigma_mm >= 1.6 * (stride * 2) * pixel and stride < 8:
         stride *= 2
+    return stride
+
+
+def _scale_responses(
+    hu: FloatArray, spacing: tuple[float, float, float], sigma_mm: float, run: BlobFilter
+) -> _Scale:
+    stride = _stride_for(sigma_mm, spacing)
     if stride == 1:
-        return blob_responses(hu, spacing, sigma_mm, run)
+        dot, line = blob_responses(hu, spacing, sigma_mm, run)
+        return _Scale(sigma_mm, 1, dot, line)
     z, y, x = hu.shape
     y2, x2 = y - y % stride, x - x % stride
     coarse = (
@@ -166,11 +218,52 @@ def _responses_at(
     )
     grid = (spacing[0], spacing[1] * stride, spacing[2] * stride)
     dot, line = blob_responses(coarse.astype(np.float32), grid, sigma_mm, run)
-    full_dot = np.zeros(hu.shape, dtype=np.float32)
-    full_line = np.zeros(hu.shape, dtype=np.float32)
-    full_dot[:, :y2, :x2] = dot.repeat(stride, axis=1).repeat(stride, axis=2)
-    full_line[:, :y2, :x2] = line.repeat(stride, axis=1).repeat(stride, axis=2)
-    return full_dot, full_line
+    return _Scale(sigma_mm, stride, dot, line)
+
+
+def _max_over_scales(shape: tuple[int, ...], scales: list[_Scale]) -> FloatArray:
+    """The strongest dot response over all scales, on the full grid.
+
+    Coarse grids are compared through broadcast views, without blowing them up.
+    """
+    best = np.zeros(shape, dtype=np.float32)
+    z, y, x = shape
+    for scale in scales:
+        s = scale.stride
+        if s == 1:
+            np.maximum(best, scale.dot, out=best)
+            continue
+        y2, x2 = y - y % s, x - x % s
+        view = best[:, :y2, :x2].reshape(z, y2 // s, s, x2 // s, s)
+        np.maximum(view, scale.dot[:, :, None, :, None], out=view)
+    return best
+
+
+def _at_peak(scales: list[_Scale], peak: tuple[int, int, int]) -> tuple[float, float, float]:
+    """(dot, line, sigma) of the scale that answers most at the peak."""
+    k, j, i = peak
+    best = (0.0, 0.0, scales[0].sigma_mm)
+    for scale in scales:
+        s = scale.stride
+        jj, ii = j // s, i // s
+        if jj >= scale.dot.shape[1] or ii >= scale.dot.shape[2]:
+            continue
+        dot = float(scale.dot[k, jj, ii])
+        if dot > best[0]:
+            best = (dot, float(scale.line[k, jj, ii]), scale.sigma_mm)
+    return best
+
+
+def _bounding_box(mask: BoolArray) -> tuple[slice, slice, slice] | None:
+    """The box around the True voxels, from projections (cheaper than find_objects)."""
+    bounds = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=others))
+        if hits.size == 0:
+            return None
+        bounds.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return bounds[0], bounds[1], bounds[2]
 
 
 def detect_nodules(
@@ -183,30 +276,23 @@ def detect_nodules(
     settings = settings or DetectorSettings()
     spacing = volume.spacing
     region = search_region(lungs, spacing, settings.closing_radius_mm)
-    boxes = ndimage.find_objects(region.astype(np.uint8))
-    if not boxes or boxes[0] is None:
+    box = _bounding_box(region)
+    if box is None:
         return [], region
-    box = boxes[0]
     hu = volume.hu[box]
     inside = region[box]
-    best_dot = np.zeros(hu.shape, dtype=np.float32)
-    best_line = np.zeros(hu.shape, dtype=np.float32)
-    best_scale = np.zeros(hu.shape, dtype=np.float32)
-    for sigma in settings.scales_mm:
-        dot, line = _responses_at(hu, spacing, sigma, run)
-        better = dot > best_dot
-        best_dot = np.where(better, dot, best_dot)
-        best_line = np.where(better, line, best_line)
-        best_scale = np.where(better, np.float32(sigma), best_scale)
+    scales = [_scale_responses(hu, spacing, sigma, run) for sigma in settings.scales_mm]
+    best_dot = _max_over_scales(hu.shape, scales)
     peaks = _peaks(best_dot, inside, settings)
     kept: list[Candidate] = []
     taken = np.zeros(hu.shape, dtype=bool)
     for peak in peaks:
         if taken[peak]:
             continue
-        candidate = _segment(
-            volume, hu, inside, peak, float(best_scale[peak]), best_dot, best_line, settings
-        )
+        dot, line, sigma = _at_peak(scales, peak)
+        if line > settings.max_line_over_dot * dot:
+            continue  # a tube (vessel) answers the line filter more than the dot filter
+        candidate = _segment(volume, hu, inside, peak, sigma, dot, line, settings)
         if candidate is None:
             continue
         taken[candidate.mask_box] |= candidate.mask
@@ -233,8 +319,8 @@ def _segment(
     inside: BoolArray,
     peak: tuple[int, int, int],
     scale_mm: float,
-    dot: FloatArray,
-    line: FloatArray,
+    peak_dot: float,
+    peak_line: float,
     settings: DetectorSettings,
 ) -> Candidate | None:
     """Grow the candidate from its peak; None when it is not nodule-shaped."""
@@ -249,7 +335,9 @@ def _segment(
     )
     local = hu[box]
     zz, yy, xx = np.ogrid[box[0], box[1], box[2]]
-    sphere = ((zz - k) * dz) ** 2 + ((yy - j) * dy) ** 2 + ((xx - i) * dx) ** 2 <= radius_mm**2
+    r2 = ((zz - k) * dz) ** 2 + ((yy - j) * dy) ** 2 + ((xx - i) * dx) ** 2
+    sphere = r2 <= radius_mm**2
+    rim = sphere & (r2 > (radius_mm - max(dz, dy, dx)) ** 2)  # the sphere's outer shell
     core = float(
         np.median(
             local[
@@ -266,11 +354,14 @@ def _segment(
         return None
     threshold = (core + settings.lung_hu) / 2
     dense = (local > threshold) & sphere & inside[box]
-    # An opening by a small ball detaches vessels thinner than it.
-    opening_mm = max(1.0, min(3.0, 0.5 * scale_mm))
-    dense = ndimage.binary_opening(dense, structure=_ball_structure((dz, dy, dx), opening_mm))
-    labels, count = ndimage.label(dense)
     seed = (k - box[0].start, j - box[1].start, i - box[2].start)
+    labels, count = ndimage.label(dense)
+    if labels[seed] == 0 or (labels[rim] == labels[seed]).any():
+        # Attached to something that leaves the sphere (a vessel, the wall): an
+        # opening by a small ball detaches structures thinner than it.
+        opening_mm = max(1.0, min(3.0, 0.5 * scale_mm))
+        structure = _ball_structure((dz, dy, dx), opening_mm)
+        labels, count = ndimage.label(ndimage.binary_opening(dense, structure=structure))
     label = labels[seed]
     if label == 0:
         if count == 0:
@@ -288,12 +379,10 @@ def _segment(
     diameter = (6 * volume_mm3 / math.pi) ** (1 / 3)
     if diameter < settings.min_diameter_mm or diameter > settings.max_diameter_mm:
         return None
-    touches_sphere = bool((mask & ~_erode_once(sphere)).any())
+    touches_sphere = bool((mask & rim).any())
     elongation = _elongation(mask, (dz, dy, dx))
     surface = voxels - int(ndimage.binary_erosion(mask).sum())
     sphericity = _sphericity(mask, (dz, dy, dx), volume_mm3)
-    peak_dot = float(dot[peak])
-    peak_line = float(line[peak])
     if elongation > settings.max_elongation:
         return None
     # Score: a logistic blend of evidence, each term about 0 for a typical vessel

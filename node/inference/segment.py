@@ -179,19 +179,54 @@ def clean_lung_mask(probability: FloatArray, threshold: float = 0.5) -> BoolArra
     """
     raw = probability >= threshold
     result = np.zeros(raw.shape, dtype=bool)
-    found = ndimage.find_objects(raw.astype(np.uint8))
-    if not found or found[0] is None:
-        return result
-    box = found[0]  # everything happens inside the box around the raw mask
-    labels, count = ndimage.label(raw[box])
+    box = _box(raw)
+    if box is None:
+        return result  # everything happens inside the box around the raw mask
+    inner = raw[box]
+    # Components are chosen on a grid halved in-plane (four times fewer voxels); a
+    # speck that vanishes there is dropped with the small ones anyway.
+    coarse = inner[:, ::2, ::2]
+    labels, count = ndimage.label(coarse)
     sizes = np.bincount(labels.ravel())[1:]
     order = np.argsort(sizes)[::-1][:2]
     largest = sizes[order[0]]
     keep = [int(i) + 1 for i in order if sizes[i] >= 0.01 * largest]
     lookup = np.zeros(count + 1, dtype=bool)
     lookup[keep] = True
-    mask = lookup[labels]
-    for k in np.flatnonzero(mask.any(axis=(1, 2))):
-        mask[k] = ndimage.binary_fill_holes(mask[k])
-    result[box] = mask
+    chosen = ndimage.binary_dilation(lookup[labels], structure=_IN_PLANE)
+    up = chosen.repeat(2, axis=1).repeat(2, axis=2)[:, : inner.shape[1], : inner.shape[2]]
+    result[box] = fill_holes_per_slice(inner & up)
     return result
+
+
+def _box(mask: BoolArray) -> tuple[slice, slice, slice] | None:
+    """The box around the True voxels, from projections."""
+    bounds = []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hits.size == 0:
+            return None
+        bounds.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return bounds[0], bounds[1], bounds[2]
+
+
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
+
+
+def fill_holes_per_slice(mask: BoolArray) -> BoolArray:
+    """Fill every hole of every axial slice at once.
+
+    The background is labelled with in-plane connectivity only, so each slice's
+    pieces are separate; a piece that does not reach the slice's edge is a hole.
+    One labelling of the whole stack is much cheaper than a fill per slice.
+    """
+    labels, count = ndimage.label(~mask, structure=_IN_PLANE)
+    if count == 0:
+        return mask
+    outside = np.zeros(count + 1, dtype=bool)
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        outside[np.unique(edge)] = True
+    outside[0] = True  # label 0 is the mask itself
+    filled: BoolArray = mask | ~outside[labels]
+    return filled
