@@ -45,8 +45,12 @@ import pydicom
 
 from node.errors import RadnodeError
 from node.inference.package import ModelRegistry
-from node.inference.pipelines import InferenceResult, RuntimeSettings, build_pipeline
-from node.inference.pipelines import requirements_of as requirements_for
+from node.inference.pipelines import (
+    InferenceResult,
+    RuntimeSettings,
+    build_pipeline,
+    requirements_of,
+)
 from node.inference.volume import load_series_folder
 from node.inference.volume_types import Volume
 
@@ -242,7 +246,7 @@ def run_model(ct: Path) -> tuple[Volume, InferenceResult, float, float]:
     """Load the series as the node does and run the reference model once on it."""
     package = ModelRegistry.load(REPO / "models").get(MODEL)
     started = time.perf_counter()
-    volume = load_series_folder(ct, requirements_for(package))
+    volume = load_series_folder(ct, requirements_of(package))
     load_seconds = time.perf_counter() - started
     pipeline = build_pipeline(package, RuntimeSettings(intra_op_threads=2))
     started = time.perf_counter()
@@ -590,6 +594,8 @@ def _nodule(
         match_radius_mm=_r(max(MATCH_DISTANCE_MM, mean_axis / 2)),
         reader_marks=[marks.measures[i] for i in group],
     )
+    reader_masks = [_mask(marks, i) for i in outlines]
+    report.dice = {"between_readers": _r(_mean_pairwise_dice(reader_masks), 4)}
     labels = result.findings_labels
     index = np.rint(_to_index(volume, centre)).astype(int)
     inside = bool(np.all(index >= 0) and np.all(index < np.array(volume.shape)))
@@ -613,15 +619,10 @@ def _nodule(
     report.model_volume_mm3 = primary.volume_mm3
     report.volume_difference_pct = _r(100 * (primary.volume_mm3 / report.mean_volume_mm3 - 1), 2)
     model_mask = labels == number
-    reader_masks = [_mask(marks, i) for i in outlines]
-    report.dice = {
-        "readers": {
-            marks.key(i): _dice_pair(model_mask, m)
-            for i, m in zip(outlines, reader_masks, strict=True)
-        },
-        "consensus_50pct": _dice_pair(model_mask, lidc.consensus_mask(reader_masks)),
-        "between_readers_mean": _r(_mean_pairwise_dice(reader_masks), 4),
+    report.dice["readers"] = {
+        marks.key(i): _dice_pair(model_mask, m) for i, m in zip(outlines, reader_masks, strict=True)
     }
+    report.dice["consensus_50pct"] = _dice_pair(model_mask, lidc.consensus_mask(reader_masks))
     return report
 
 
@@ -802,28 +803,28 @@ def print_report(report: dict[str, Any], evaluation: Evaluation, targets: list[T
                 f"z {m.z_range_mm[0]}..{m.z_range_mm[1]}, long axis {m.long_axis_mm:.1f} mm, "
                 f"volume {m.volume_mm3:.0f} mm3, centroid {m.centroid_mm}"
             )
-        if n.dice:
-            ref = n.dice.get("reference_seg")
-            if ref:
-                print(
-                    f"    Dice vs reference SEG: same slices {ref['same_slices']:.3f}, "
-                    f"whole volume {ref['volume']:.3f}"
-                )
-            for key, value in n.dice["readers"].items():
-                print(
-                    f"    Dice vs reader {key}: same slices {value['same_slices']:.3f}, "
-                    f"whole volume {value['volume']:.3f}"
-                )
-            cons = n.dice["consensus_50pct"]
+        ref = n.dice.get("reference_seg")
+        if ref:
+            print(
+                f"    Dice vs reference SEG: same slices {ref['same_slices']:.3f}, "
+                f"whole volume {ref['volume']:.3f}"
+            )
+        for key, value in n.dice.get("readers", {}).items():
+            print(
+                f"    Dice vs reader {key}: same slices {value['same_slices']:.3f}, "
+                f"whole volume {value['volume']:.3f}"
+            )
+        cons = n.dice.get("consensus_50pct")
+        if cons:
             print(
                 f"    Dice vs 50% consensus: same slices {cons['same_slices']:.3f}, "
-                f"whole volume {cons['volume']:.3f}; readers among themselves (mean "
-                f"pairwise) {n.dice['between_readers_mean']:.3f}"
+                f"whole volume {cons['volume']:.3f}"
             )
-            check = n.dice.get("reference_vs_reader_masks")
-            if check:
-                shown = ", ".join(f"{k} {v:.3f}" for k, v in check.items())
-                print(f"    Reference SEG vs readers' masks rasterised here: {shown}")
+        print(f"    Readers among themselves: mean pairwise Dice {n.dice['between_readers']:.3f}")
+        check = n.dice.get("reference_vs_reader_masks")
+        if check:
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in check.items())
+            print(f"    Reference SEG vs readers' masks rasterised here: {shown}")
     print()
     print("Nodules < 3 mm (points; not targets)")
     for s in evaluation.small_nodules:

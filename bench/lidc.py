@@ -182,9 +182,11 @@ def _draw_outline(mask: BoolArray, xs: FloatArray, ys: FloatArray) -> None:
     rows, columns = mask.shape
     for a in range(len(xs)):
         b = (a + 1) % len(xs)
-        steps = int(max(abs(xs[b] - xs[a]), abs(ys[b] - ys[a]))) + 1
-        cols = np.rint(np.linspace(xs[a], xs[b], steps + 1)).astype(np.int64)
-        rws = np.rint(np.linspace(ys[a], ys[b], steps + 1)).astype(np.int64)
+        # One sample per pixel along the major axis, as a line is drawn (Bresenham);
+        # finer samples would round a diagonal step's midpoint onto a corner pixel.
+        count = int(max(abs(xs[b] - xs[a]), abs(ys[b] - ys[a]))) + 1
+        cols = np.rint(np.linspace(xs[a], xs[b], count)).astype(np.int64)
+        rws = np.rint(np.linspace(ys[a], ys[b], count)).astype(np.int64)
         keep = (cols >= 0) & (cols < columns) & (rws >= 0) & (rws < rows)
         mask[rws[keep], cols[keep]] = True
 

@@ -20,6 +20,7 @@ from node.cli.work import Worker, route_pending
 from node.config import NodeConfig
 from node.errors import ConfigError
 from node.inference.package import ModelRegistry
+from node.inference.pipelines import PIPELINES
 from node.ingest import AssociationLimiter, DicomListener
 from node.ingest.scp import open_shared_socket
 from node.logs import configure_logging
@@ -96,6 +97,12 @@ def load_models(config: NodeConfig) -> ModelRegistry:
     """The model packages, checked against the routes; ConfigError says what to fix."""
     models_dir = config.inference.resolved_models_dir()
     registry = ModelRegistry.load(models_dir)
+    for package in registry:
+        if package.pipeline not in PIPELINES:
+            raise ConfigError(
+                f"{package.folder / 'model.yaml'}: pipeline {package.pipeline!r} is unknown; "
+                f"use one of {sorted(PIPELINES)}"
+            )
     for i, route in enumerate(config.routes):
         if route.model not in registry:
             known = ", ".join(p.name for p in registry) or "none"

@@ -193,9 +193,7 @@ class Worker:
         if job is None:
             return None
         fields = {"job_id": job.id, "series_uid": job.series_uid, "model": job.model}
-        log.info(
-            "job_claimed", worker=self.number, pid=os.getpid(), attempt=job.attempts, **fields
-        )
+        log.info("job_claimed", worker=self.number, pid=os.getpid(), attempt=job.attempts, **fields)
         stop_renewing = threading.Event()
         renewer = threading.Thread(
             target=self._renew, args=(job.id, stop_renewing), name="lease", daemon=True

@@ -3,7 +3,8 @@
 Volume counts voxels. The long axis is the longest diameter on the axial slice where
 it is longest (the key slice); the short axis is the longest diameter perpendicular
 to it on the same slice, as Fleischner and Lung-RADS measure nodules. Diameters are
-taken between pixel centres plus one pixel (a one-pixel nodule is one pixel wide).
+taken between pixel centres plus one pixel's extent along the axis (a one-pixel
+nodule is one pixel wide).
 """
 
 from __future__ import annotations
@@ -74,9 +75,14 @@ def slice_axes(mask2d: BoolArray, row_mm: float, col_mm: float) -> SliceAxes | N
     to_index = np.array([row_mm, col_mm])
     long_ends = (tuple(points[a] / to_index), tuple(points[b] / to_index))
     short_ends = (tuple(pts[low] / to_index), tuple(pts[high] / to_index))
+    # A pixel adds its own size along each axis: one pixel step in that direction
+    # (the row spacing along rows, the column spacing along columns, between them
+    # on a slant), so square pixels add one pixel whatever the direction.
+    long_pixel = float(np.hypot(unit[0] * row_mm, unit[1] * col_mm))
+    short_pixel = float(np.hypot(normal[0] * row_mm, normal[1] * col_mm))
     return SliceAxes(
-        long_len + pixel,
-        short_len + pixel,
+        long_len + long_pixel,
+        short_len + short_pixel,
         (_pair(long_ends[0]), _pair(long_ends[1])),
         (_pair(short_ends[0]), _pair(short_ends[1])),
     )

@@ -356,6 +356,7 @@ def _segment(
     dense = (local > threshold) & sphere & inside[box]
     seed = (k - box[0].start, j - box[1].start, i - box[2].start)
     labels, count = ndimage.label(dense)
+    structure: BoolArray | None = None
     if labels[seed] == 0 or (labels[rim] == labels[seed]).any():
         # Attached to something that leaves the sphere (a vessel, the wall): an
         # opening by a small ball detaches structures thinner than it.
@@ -374,12 +375,17 @@ def _segment(
             return None
         label = labels[tuple(int(n[seed]) for n in nearest)]
     mask = labels == label
+    touches_sphere = bool((mask & rim).any())
+    if structure is not None:
+        # The opening also shaved the nodule's own margin (spicules, lobulation);
+        # one dilation by the same ball inside the dense voxels gives that margin back
+        # without reaching the vessels the opening cut off further out.
+        mask = ndimage.binary_dilation(mask, structure=structure) & dense
     voxels = int(mask.sum())
     volume_mm3 = voxels * dz * dy * dx
     diameter = (6 * volume_mm3 / math.pi) ** (1 / 3)
     if diameter < settings.min_diameter_mm or diameter > settings.max_diameter_mm:
         return None
-    touches_sphere = bool((mask & rim).any())
     elongation = _elongation(mask, (dz, dy, dx))
     surface = voxels - int(ndimage.binary_erosion(mask).sum())
     sphericity = _sphericity(mask, (dz, dy, dx), volume_mm3)

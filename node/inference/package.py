@@ -73,7 +73,7 @@ class Preprocessing(_Strict):
 class Network(_Strict):
     """One ONNX graph in the package."""
 
-    file: str = Field(min_length=1)
+    file: str = Field(min_length=1, description="a file name inside the package folder")
     sha256: str | None = Field(None, description="checked at start when given")
     input: str = Field(min_length=1)
     output: str = Field(min_length=1)
@@ -130,6 +130,18 @@ class ModelPackage(_Strict):
     def _uid(cls, value: str) -> str:
         if len(value) > 64 or not _UID.match(value):
             raise ValueError(f"{value!r} is not a DICOM UID (digits and dots, at most 64)")
+        return value
+
+    @field_validator("networks")
+    @classmethod
+    def _inside(cls, value: dict[str, Network]) -> dict[str, Network]:
+        for key, network in value.items():
+            name = Path(network.file)
+            if name.is_absolute() or ".." in name.parts:
+                raise ValueError(
+                    f"networks.{key}.file {network.file!r} must name a file inside the "
+                    "package folder"
+                )
         return value
 
     def network_path(self, key: str) -> Path:

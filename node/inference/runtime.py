@@ -46,7 +46,8 @@ def cpu_count() -> int:
 def choose_providers(wanted: Sequence[str]) -> list[str]:
     """ONNX Runtime provider names for the configured order, minus those that cannot run.
 
-    The CPU provider is always last, so a session can always be made.
+    The CPU provider is always among them (appended when not asked for), so a
+    session can always be made.
     """
     available = set(ort.get_available_providers())
     gpu = nvidia_gpu_present()
@@ -93,9 +94,12 @@ class Network:
                 requested=requested,
                 error=str(exc)[:300],
             )
-            self.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
+            try:
+                self.session = ort.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as cpu_exc:  # the file itself cannot be loaded
+                raise ModelError(f"cannot load {path.name}: {cpu_exc}") from cpu_exc
         self.provider = self.session.get_providers()[0]
         self.on_gpu = self.provider in _GPU_PROVIDERS
         self.input_names = [i.name for i in self.session.get_inputs()]

@@ -130,6 +130,11 @@ def remove_partial_files(root: Path) -> int:
     entries = list(_series_entries(root))
     if staging.is_dir():
         entries.extend(os.scandir(staging))
+    results = root / RESULTS_DIR
+    if results.is_dir():
+        for job in os.scandir(results):
+            if job.is_dir(follow_symlinks=False):
+                entries.extend(os.scandir(job.path))
     for entry in entries:
         if entry.name.startswith(TEMP_MARK):
             os.unlink(entry.path)

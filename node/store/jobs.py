@@ -20,6 +20,8 @@ from node.domain import Job, JobState, RouteMatch, SeriesFacts, SeriesState
 from node.store.index import InstanceIndex
 from node.store.schema import events, instances, jobs, series
 
+# The series events a job's timeline shows before its own.
+_SERIES_STORY = ("series_opened", "series_reopened", "series_complete", "series_routed")
 _JOB_NAMESPACE = uuid.UUID("0b7f6a52-3a51-4c41-9d6c-5d1f3c6b1a70")
 
 
@@ -131,11 +133,18 @@ class JobQueue:
         created: list[Job] = []
         with self.index.write_transaction() as conn:
             current = conn.execute(
-                select(series.c.generation, series.c.routed_generation).where(
+                select(series.c.state, series.c.generation, series.c.routed_generation).where(
                     series.c.series_uid == facts.series_uid
                 )
             ).first()
-            if current is None or current.routed_generation >= facts.generation:
+            if (
+                current is None
+                or current.state != SeriesState.COMPLETE
+                or current.generation != facts.generation
+                or current.routed_generation >= facts.generation
+            ):
+                # Already routed, or the series changed since it was listed: it is
+                # routed again once its new generation is complete.
                 return []
             stale = conn.execute(
                 select(jobs).where(
@@ -284,6 +293,8 @@ class JobQueue:
         detail: dict[str, Any] | None = None,
     ) -> bool:
         """Move a leased job on (inferred, rejected, failed); False if the lease was lost."""
+        if state in (JobState.PENDING, JobState.RUNNING):
+            raise ValueError(f"finish() ends a run; {state} is not an end state")
         with self.index.write_transaction() as conn:
             row = conn.execute(
                 select(jobs).where(
@@ -338,7 +349,9 @@ class JobQueue:
         with self.index.read_transaction() as conn:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
             if row is None and len(job_id) >= 8:
-                rows = conn.execute(select(jobs).where(jobs.c.id.startswith(job_id))).all()
+                rows = conn.execute(
+                    select(jobs).where(jobs.c.id.startswith(job_id, autoescape=True))
+                ).all()
                 row = rows[0] if len(rows) == 1 else None
         return _job(row) if row is not None else None
 
@@ -364,9 +377,7 @@ class JobQueue:
                         and_(
                             events.c.series_uid == job.series_uid,
                             events.c.job_id.is_(None),
-                            events.c.kind.in_(
-                                ["series_opened", "series_complete", "series_routed"]
-                            ),
+                            events.c.kind.in_(_SERIES_STORY),
                         ),
                     )
                 )

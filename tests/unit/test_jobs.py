@@ -29,9 +29,7 @@ def queue(index: InstanceIndex) -> JobQueue:
     return JobQueue(index)
 
 
-def receive(
-    index: InstanceIndex, series_uid: str, count: int, now: float, first: int = 1
-) -> None:
+def receive(index: InstanceIndex, series_uid: str, count: int, now: float, first: int = 1) -> None:
     """Index `count` new CT instances of a series, as the store does after writing them."""
     for number in range(first, first + count):
         header = InstanceHeader(
@@ -342,15 +340,9 @@ def test_get_accepts_an_unambiguous_prefix_of_eight_characters(
     assert queue.get("ffffffff-no-such-job") is None
 
 
-# -- known bugs (xfail until fixed) ------------------------------------------------
+# -- races and edge cases -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="record_routing does not check that the series is still complete at the listed "
-    "generation: a series reopened after series_to_route listed it gets a job while it is "
-    "still receiving, and is never routed again once it completes",
-)
 def test_a_series_reopened_while_routing_runs_is_routed_when_it_completes_again(
     index: InstanceIndex, queue: JobQueue
 ) -> None:
@@ -367,10 +359,25 @@ def test_a_series_reopened_while_routing_runs_is_routed_when_it_completes_again(
     assert queue.series_to_route() == [("1.2.3.1", 2)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="get() passes the prefix to LIKE unescaped, so '_' and '%' act as wildcards",
-)
+def test_the_timeline_of_a_later_generation_says_the_series_was_reopened(
+    index: InstanceIndex, queue: JobQueue
+) -> None:
+    one_job(queue, complete_series(index, "1.2.3.1", 100), 200)
+    receive(index, "1.2.3.1", 1, now=300, first=4)
+    index.complete_quiet_series(quiet_before=300, now=400)
+    [new] = queue.record_routing(facts_of(index, "1.2.3.1"), [LUNGS], now=500)
+    kinds = [e["kind"] for e in queue.timeline(new.id)]
+    assert kinds == [
+        "series_opened",
+        "series_complete",
+        "series_routed",
+        "series_reopened",
+        "series_complete",
+        "job_created",
+        "series_routed",
+    ]
+
+
 def test_get_takes_the_prefix_literally(index: InstanceIndex, queue: JobQueue) -> None:
     one_job(queue, complete_series(index, "1.2.3.1", 100), 200)
     assert queue.get("%" * 8) is None
