@@ -48,13 +48,13 @@ class DetectorSettings:
     """The detector's parameters, from the model package's `parameters`."""
 
     scales_mm: tuple[float, ...] = (1.5, 2.5, 4.0, 6.0, 9.0)
-    min_diameter_mm: float = 3.0
+    min_diameter_mm: float = 4.0
     max_diameter_mm: float = 40.0
     closing_radius_mm: float = 15.0
-    min_dot: float = 40.0  # scale-normalised HU: a solid nodule in lung gives hundreds
+    min_dot: float = 70.0  # scale-normalised HU: a resolved solid nodule gives 100 to 200
     max_elongation: float = 3.0
-    max_line_over_dot: float = 1.5
-    max_candidates: int = 200
+    max_line_over_dot: float = 2.0
+    max_candidates: int = 1000
     max_findings: int = 10
     min_score: float = 0.5
     lung_hu: float = -850.0
@@ -284,6 +284,13 @@ def detect_nodules(
     scales = [_scale_responses(hu, spacing, sigma, run) for sigma in settings.scales_mm]
     best_dot = _max_over_scales(hu.shape, scales)
     peaks = _peaks(best_dot, inside, settings)
+    # The score is a logistic of the evidence: candidates that cannot reach min_score
+    # even with the best possible shape are not segmented at all.
+    min_evidence = (
+        -math.inf
+        if settings.min_score <= 0
+        else math.log(settings.min_score / (1 - settings.min_score))
+    )
     kept: list[Candidate] = []
     taken = np.zeros(hu.shape, dtype=bool)
     for peak in peaks:
@@ -292,10 +299,13 @@ def detect_nodules(
         dot, line, sigma = _at_peak(scales, peak)
         if line > settings.max_line_over_dot * dot:
             continue  # a tube (vessel) answers the line filter more than the dot filter
+        if _evidence(dot, line, 1.0, 1.0, 0.0, settings) < min_evidence:
+            continue  # even a perfect sphere with this response would score too low
         candidate = _segment(volume, hu, inside, peak, sigma, dot, line, settings)
         if candidate is None:
             continue
-        taken[candidate.mask_box] |= candidate.mask
+        # Peaks on or right beside a segmented candidate are the same object.
+        taken[candidate.mask_box] |= _dilate(candidate.mask, 2 * max(spacing), spacing)
         if candidate.score >= settings.min_score:
             kept.append(_to_volume_frame(candidate, box))
     kept.sort(key=lambda c: -c.score)
@@ -356,13 +366,12 @@ def _segment(
     dense = (local > threshold) & sphere & inside[box]
     seed = (k - box[0].start, j - box[1].start, i - box[2].start)
     labels, count = ndimage.label(dense)
-    structure: BoolArray | None = None
+    opening_mm = 0.0
     if labels[seed] == 0 or (labels[rim] == labels[seed]).any():
         # Attached to something that leaves the sphere (a vessel, the wall): an
         # opening by a small ball detaches structures thinner than it.
         opening_mm = max(1.0, min(3.0, 0.5 * scale_mm))
-        structure = _ball_structure((dz, dy, dx), opening_mm)
-        labels, count = ndimage.label(ndimage.binary_opening(dense, structure=structure))
+        labels, count = ndimage.label(_open(dense, opening_mm, (dz, dy, dx)))
     label = labels[seed]
     if label == 0:
         if count == 0:
@@ -375,12 +384,15 @@ def _segment(
             return None
         label = labels[tuple(int(n[seed]) for n in nearest)]
     mask = labels == label
-    touches_sphere = bool((mask & rim).any())
-    if structure is not None:
+    # How much of the candidate lies on the shell of its search sphere: a few voxels
+    # for a nodule with a vessel stump, whole cross-sections for a vessel segment.
+    rim_share = float((mask & rim).sum()) / max(1, int(mask.sum()))
+    touches_sphere = rim_share > 0
+    if opening_mm:
         # The opening also shaved the nodule's own margin (spicules, lobulation);
         # one dilation by the same ball inside the dense voxels gives that margin back
         # without reaching the vessels the opening cut off further out.
-        mask = ndimage.binary_dilation(mask, structure=structure) & dense
+        mask = _dilate(mask, opening_mm, (dz, dy, dx)) & dense
     voxels = int(mask.sum())
     volume_mm3 = voxels * dz * dy * dx
     diameter = (6 * volume_mm3 / math.pi) ** (1 / 3)
@@ -391,15 +403,7 @@ def _segment(
     sphericity = _sphericity(mask, (dz, dy, dx), volume_mm3)
     if elongation > settings.max_elongation:
         return None
-    # Score: a logistic blend of evidence, each term about 0 for a typical vessel
-    # crossing and positive for a solid nodule.
-    evidence = (
-        1.2 * math.log(max(peak_dot, 1e-3) / settings.min_dot)
-        + 2.0 * (sphericity - 0.5)
-        - 1.0 * max(0.0, elongation - 1.6)
-        + 1.0 * math.log((peak_dot + 1.0) / (peak_line + 1.0))
-        - (3.0 if touches_sphere else 0.0)
-    )
+    evidence = _evidence(peak_dot, peak_line, sphericity, elongation, rim_share, settings)
     score = 1.0 / (1.0 + math.exp(-evidence))
     return Candidate(
         mask_box=box,
@@ -421,7 +425,33 @@ def _segment(
             "core_hu": core,
             "surface_voxels": float(surface),
             "touches_search_sphere": float(touches_sphere),
+            "rim_share": rim_share,
         },
+    )
+
+
+def _evidence(
+    dot: float,
+    line: float,
+    sphericity: float,
+    elongation: float,
+    rim_share: float,
+    settings: DetectorSettings,
+) -> float:
+    """The log-odds that a candidate is a solid nodule, from physical evidence.
+
+    A solid nodule answers the dot filter strongly, is round (sphericity near 1,
+    elongation near 1), answers the dot filter more than the line filter, and lies
+    inside its search sphere; the prior is negative because most candidates in a
+    lung are vessels.
+    """
+    return (
+        1.5 * math.log(max(dot, 1e-3) / settings.min_dot)
+        + 4.0 * (sphericity - 0.8)
+        - 3.0 * max(0.0, elongation - 1.3)
+        + 0.8 * math.log((dot + 1.0) / (line + 1.0))
+        - 15.0 * rim_share
+        - 0.5
     )
 
 
@@ -439,10 +469,24 @@ def _ball(
     ) <= max(r, max(spacing) / 2) ** 2
 
 
-def _ball_structure(spacing: tuple[float, float, float], radius_mm: float) -> BoolArray:
-    half = [max(0, int(radius_mm // s)) for s in spacing]
-    shape = tuple(2 * h + 1 for h in half)
-    return _ball(shape, (half[0], half[1], half[2]), spacing, radius_mm)
+def _dilate(mask: BoolArray, radius_mm: float, spacing: tuple[float, float, float]) -> BoolArray:
+    """Dilation by a ball of `radius_mm`, exact on anisotropic voxels (distance map)."""
+    if not mask.any():
+        return mask
+    grown: BoolArray = ndimage.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
+    return grown
+
+
+def _open(mask: BoolArray, radius_mm: float, spacing: tuple[float, float, float]) -> BoolArray:
+    """Opening by a ball: erode (voxels deeper than the radius), then dilate back.
+
+    Through distance maps, which cost the same whatever the radius, instead of a
+    structuring element whose cost grows with its volume.
+    """
+    # Padding keeps the box's edge from counting as background for the erosion.
+    padded = np.pad(mask, 1, mode="edge")
+    core = ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
+    return _dilate(core > radius_mm, radius_mm, spacing)
 
 
 def _erode_once(mask: BoolArray) -> BoolArray:
