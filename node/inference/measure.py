@@ -100,24 +100,30 @@ def measure_finding(
     tracking_id: str,
     score: float,
     attributes: dict[str, float] | None = None,
+    offset: tuple[int, int, int] = (0, 0, 0),
 ) -> Finding | None:
-    """A Finding for the voxels of `mask` (same shape as the volume); None if empty."""
-    kk, jj, ii = np.nonzero(mask)
-    if kk.size == 0:
+    """A Finding for the voxels of `mask`; None if empty.
+
+    `mask` covers the whole volume, or a box of it whose first voxel is `offset`
+    (measuring in the box spares copying a mask the size of the volume).
+    """
+    local_k, local_j, local_i = np.nonzero(mask)
+    if local_k.size == 0:
         return None
+    k0, j0, i0 = offset
+    kk, jj, ii = local_k + k0, local_j + j0, local_i + i0
     dz, dy, dx = volume.spacing
-    centroid_index = np.array([kk.mean(), jj.mean(), ii.mean()])
-    centroid = volume.to_patient(centroid_index)
+    centroid = volume.to_patient(np.array([kk.mean(), jj.mean(), ii.mean()]))
     best: tuple[int, SliceAxes] | None = None
-    for k in range(int(kk.min()), int(kk.max()) + 1):
+    for k in range(int(local_k.min()), int(local_k.max()) + 1):
         axes = slice_axes(mask[k], dy, dx)
         if axes is not None and (best is None or axes.long_mm > best[1].long_mm):
-            best = (k, axes)
+            best = (k + k0, axes)
     assert best is not None  # the mask is not empty, so one slice has pixels
     key, axes = best
 
     def to_patient(ji: tuple[float, float]) -> Point:
-        x, y, z = volume.to_patient([key, ji[0], ji[1]])
+        x, y, z = volume.to_patient([key, ji[0] + j0, ji[1] + i0])
         return float(x), float(y), float(z)
 
     uids = volume.sop_instance_uids
@@ -128,7 +134,7 @@ def measure_finding(
         volume_mm3=float(kk.size * dz * dy * dx),
         long_axis_mm=axes.long_mm,
         short_axis_mm=axes.short_mm,
-        mean_hu=float(volume.hu[mask].mean()),
+        mean_hu=float(volume.hu[kk, jj, ii].mean()),
         score=float(np.clip(score, 0.0, 1.0)),
         key_slice=key,
         key_sop_instance_uid=uids[key] if key < len(uids) else "",

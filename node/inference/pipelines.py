@@ -208,18 +208,19 @@ class LungNodulePipeline(Pipeline):
         plan = self._plan(volume)
         timings["plan"] = time.perf_counter() - started
         started = time.perf_counter()
-        probability = run_slices(
+        raw = run_slices(
             volume,
             plan,
             self._slice_network("lungs"),
             add=prep.add,
             scale=prep.scale,
             matrix=prep.matrix,
+            threshold=spec.threshold,
         )
         timings["lung_network"] = time.perf_counter() - started
         started = time.perf_counter()
-        lungs = clean_lung_mask(probability, spec.threshold)
-        del probability
+        lungs = clean_lung_mask(raw)
+        del raw
         timings["lung_postprocess"] = time.perf_counter() - started
         blob = self.networks["blob_filter"]
         filter_seconds = [0.0]
@@ -239,12 +240,12 @@ class LungNodulePipeline(Pipeline):
         numbered = np.zeros(volume.shape, dtype=np.uint16)
         findings: list[Finding] = []
         for candidate in candidates:
-            mask = np.zeros(volume.shape, dtype=bool)
-            mask[candidate.mask_box] = candidate.mask
-            mask &= numbered == 0
+            box = candidate.mask_box
+            mask = candidate.mask & (numbered[box] == 0)
             finding = measure_finding(
                 volume,
                 mask,
+                offset=(box[0].start, box[1].start, box[2].start),
                 label=label,
                 tracking_id=f"nodule-{len(findings) + 1}",
                 score=candidate.score,
@@ -258,7 +259,7 @@ class LungNodulePipeline(Pipeline):
             )
             if finding is not None:
                 findings.append(finding)
-                numbered[mask] = len(findings)
+                numbered[box][mask] = len(findings)
         timings["measure"] = time.perf_counter() - started
         lung_label = next(s.label for s in self.package.outputs.segments if not s.finding)
         return InferenceResult(
