@@ -271,7 +271,18 @@ def summarise_config(config: NodeConfig) -> str:
     for r in config.routes:
         origin = ", ".join(r.from_) or "any source"
         dest = ", ".join(r.send_to) or "nowhere"
-        lines.append(f"  - {r.name}: model {r.model} on series from {origin}, results to {dest}")
+        rules = r.when.model_dump(exclude_defaults=True)
+        when = ", ".join(f"{k} {v}" for k, v in rules.items()) or "every series"
+        lines.append(
+            f"  - {r.name}: model {r.model} (priority {r.priority}) on series from {origin} "
+            f"where {when}; results to {dest}"
+        )
+    inference = config.inference
+    lines.append(
+        f"inference    {inference.workers} worker(s), providers "
+        f"{' > '.join(inference.providers)}, threads {inference.intra_op_threads or 'all cores'}, "
+        f"models in {inference.resolved_models_dir()}"
+    )
     if not config.sources:
         lines.append("warning: no sources are configured, so every association is rejected")
     return "\n".join(lines)
