@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
+from node.domain.volume import Volume
 from node.errors import RadnodeError
 from node.inference.package import ModelRegistry
 from node.inference.pipelines import (
@@ -52,7 +53,6 @@ from node.inference.pipelines import (
     requirements_of,
 )
 from node.inference.volume import load_series_folder
-from node.inference.volume_types import Volume
 
 try:  # python -m bench.accuracy, or imported by a test
     from bench import lidc

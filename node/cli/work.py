@@ -21,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 
 from node.config import NodeConfig
 from node.domain import Job, JobState, SeriesFacts
+from node.domain.volume import Volume
 from node.errors import ConfigError, ModelError
 from node.inference.package import ModelRegistry
 from node.inference.pipelines import (
@@ -31,7 +32,6 @@ from node.inference.pipelines import (
     requirements_of,
 )
 from node.inference.volume import SeriesRejected, load_series
-from node.inference.volume_types import Volume
 from node.routing import explain_mismatch, match_routes
 from node.store import InstanceStore, JobQueue
 from node.store.results import save_result

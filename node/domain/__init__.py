@@ -2,11 +2,14 @@
 
 from node.domain.types import (
     AssociationInfo,
+    CodedConcept,
     Finding,
     InstanceHeader,
     Job,
     JobState,
+    ModelInfo,
     RouteMatch,
+    SegmentSpec,
     SeriesFacts,
     SeriesState,
     StoreOutcome,
@@ -16,11 +19,14 @@ from node.domain.types import (
 
 __all__ = [
     "AssociationInfo",
+    "CodedConcept",
     "Finding",
     "InstanceHeader",
     "Job",
     "JobState",
+    "ModelInfo",
     "RouteMatch",
+    "SegmentSpec",
     "SeriesFacts",
     "SeriesState",
     "StoreOutcome",

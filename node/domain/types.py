@@ -194,3 +194,43 @@ class Finding:
             "extent_slices": list(self.extent_slices),
             "attributes": {k: round(v, 4) for k, v in self.attributes.items()},
         }
+
+
+@dataclass(frozen=True, slots=True)
+class CodedConcept:
+    """A coded concept as DICOM writes it: value, coding scheme, meaning."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentSpec:
+    """A segment a model outputs, coded for SEG and SR."""
+
+    label: str
+    category: CodedConcept
+    type: CodedConcept
+    anatomic_region: CodedConcept | None = None
+    color_rgb: tuple[int, int, int] = (255, 0, 0)
+    finding: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What results say about the model that made them (provenance, codes)."""
+
+    name: str
+    version: str
+    device_uid: str
+    description: str
+    segments: tuple[SegmentSpec, ...]
+    finding_type: CodedConcept | None = None
+    manufacturer: str = "Radnode"
+    not_for_clinical_use: bool = True
+
+    @property
+    def finding_segment(self) -> SegmentSpec:
+        """The segment each finding is encoded as."""
+        return next(s for s in self.segments if s.finding)

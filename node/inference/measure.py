@@ -16,7 +16,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from node.domain import Finding
-from node.inference.volume_types import Volume
+from node.domain.volume import Volume
 
 BoolArray = npt.NDArray[np.bool_]
 Point = tuple[float, float, float]

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from node.inference.volume_types import Volume
+from node.domain.volume import Volume
 
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from node.domain import CodedConcept, ModelInfo, SegmentSpec
 from node.errors import ConfigError
 
 MODEL_FILE = "model.yaml"
@@ -143,6 +144,34 @@ class ModelPackage(_Strict):
                     "package folder"
                 )
         return value
+
+    def info(self) -> ModelInfo:
+        """What results need to know of this model, as a plain domain type."""
+
+        def coded(code: Code | None) -> CodedConcept | None:
+            return None if code is None else CodedConcept(code.value, code.scheme, code.meaning)
+
+        segments = tuple(
+            SegmentSpec(
+                label=s.label,
+                category=CodedConcept(s.category.value, s.category.scheme, s.category.meaning),
+                type=CodedConcept(s.type.value, s.type.scheme, s.type.meaning),
+                anatomic_region=coded(s.anatomic_region),
+                color_rgb=s.color_rgb,
+                finding=s.finding,
+            )
+            for s in self.outputs.segments
+        )
+        finding_type = coded(self.outputs.finding_types[0]) if self.outputs.finding_types else None
+        return ModelInfo(
+            name=self.name,
+            version=self.version,
+            device_uid=self.device_uid,
+            description=self.description.strip(),
+            segments=segments,
+            finding_type=finding_type,
+            not_for_clinical_use=self.not_for_clinical_use,
+        )
 
     def network_path(self, key: str) -> Path:
         """The ONNX file of network `key`."""

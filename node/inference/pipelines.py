@@ -22,6 +22,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from node.domain import Finding
+from node.domain.volume import Volume
 from node.errors import ModelError
 from node.inference.measure import measure_finding
 from node.inference.nodules import DetectorSettings, detect_nodules
@@ -35,7 +36,6 @@ from node.inference.segment import (
     run_slices,
 )
 from node.inference.volume import SeriesRequirements
-from node.inference.volume_types import Volume
 
 BoolArray = npt.NDArray[np.bool_]
 UInt16Array = npt.NDArray[np.uint16]

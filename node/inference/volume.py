@@ -35,8 +35,8 @@ from pydicom.pixels.processing import apply_modality_lut
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
+from node.domain.volume import Volume
 from node.errors import InvalidInput
-from node.inference.volume_types import Volume
 
 log = structlog.get_logger("radnode.inference")
 

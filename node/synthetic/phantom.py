@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
-from node.inference.volume_types import FloatArray, Volume
+from node.domain.volume import FloatArray, Volume
 from node.synthetic.ct import SyntheticSeries
 
 BoolArray = npt.NDArray[np.bool_]

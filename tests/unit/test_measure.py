@@ -8,8 +8,8 @@ import numpy.typing as npt
 import pytest
 
 from node.domain import Finding
+from node.domain.volume import Volume
 from node.inference.measure import measure_finding, slice_axes
-from node.inference.volume_types import Volume
 
 BoolArray = npt.NDArray[np.bool_]
 AXIAL = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))

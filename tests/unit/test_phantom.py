@@ -12,7 +12,7 @@ from pydicom import dcmread
 from pydicom.uid import CTImageStorage
 from scipy import ndimage
 
-from node.inference.volume_types import Volume
+from node.domain.volume import Volume
 from node.synthetic import (
     DEFAULT_NODULES,
     PhantomNodule,

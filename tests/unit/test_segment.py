@@ -8,8 +8,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from node.domain.volume import Volume
 from node.inference.segment import Plan, clean_lung_mask, full_plan, plan_lung_crop, run_slices
-from node.inference.volume_types import Volume
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]

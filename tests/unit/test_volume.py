@@ -34,6 +34,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from node.domain.volume import Volume
 from node.errors import InvalidInput
 from node.inference import volume as volume_module
 from node.inference.volume import (
@@ -43,7 +44,6 @@ from node.inference.volume import (
     load_series,
     load_series_folder,
 )
-from node.inference.volume_types import Volume
 from node.ingest.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
 from node.synthetic import write_ct_series
 from tests.helpers import dcmtk
