@@ -168,6 +168,13 @@ class Source(_Section):
         return any(ip in net for net in self.hosts)
 
 
+OutputName = Literal["seg", "sr", "sc", "kos", "pdf"]
+
+
+def _all_outputs() -> list[OutputName]:
+    return ["seg", "sr", "sc", "kos", "pdf"]
+
+
 class Destination(_Section):
     """Where results go: a DICOM peer that accepts C-STORE."""
 
@@ -175,6 +182,19 @@ class Destination(_Section):
     ae_title: AETitle = Field(description="the destination's AE title (the called AE)")
     host: str = Field(min_length=1, description="the destination's host name or IP address")
     port: Port = Field(description="the destination's DICOM port")
+    outputs: list[OutputName] = Field(
+        default_factory=_all_outputs,
+        min_length=1,
+        description="which results this destination receives: seg (segmentation), sr "
+        "(structured report), sc (key images with the findings burned in), kos (key "
+        "object selection), pdf (summary page); a viewer that shows neither SEG nor SR "
+        "wants [sc, kos, pdf]",
+    )
+
+    @field_validator("outputs")
+    @classmethod
+    def _unique_outputs(cls, value: list[OutputName]) -> list[OutputName]:
+        return list(dict.fromkeys(value))
 
 
 class CompletionSettings(_Section):
@@ -283,6 +303,17 @@ class Route(_Section):
         default_factory=list, description="the names of the destinations for the results"
     )
     priority: int = Field(0, description="higher runs first when jobs wait for a worker")
+    decision_support: Literal["fleischner-2017", "none"] = Field(
+        "fleischner-2017",
+        description="the follow-up guideline quoted, for reference, beside the findings: "
+        "fleischner-2017 for incidental nodules, none for screening programmes (where "
+        "Lung-RADS applies, not Fleischner)",
+    )
+    segments: list[str] = Field(
+        default_factory=lambda: ["Lung"],
+        description="the model's other segments to include in the SEG beside the findings, "
+        "by label, such as [Lung]; [] for findings only",
+    )
 
 
 ProviderName = Literal["tensorrt", "cuda", "cpu"]

@@ -25,7 +25,6 @@ class JobState(enum.StrEnum):
 
     PENDING = "pending"
     RUNNING = "running"
-    INFERRED = "inferred"  # the model's result is kept on disk, ready for encoding
     ENCODED = "encoded"
     DELIVERING = "delivering"
     DELIVERED = "delivered"

@@ -109,6 +109,14 @@ class JobQueue:
         )
         return facts, relpaths[len(relpaths) // 2] if relpaths else ""
 
+    def study_series_numbers(self, study_uid: str) -> frozenset[int]:
+        """The SeriesNumbers the study's series already use (results must not collide)."""
+        with self.index.read_transaction() as conn:
+            numbers = conn.execute(
+                select(series.c.series_number).where(series.c.study_uid == study_uid)
+            ).scalars()
+            return frozenset(int(n) for n in numbers if n is not None)
+
     def series_instance_relpaths(self, series_uid: str) -> list[str]:
         """The relpaths of every instance of a series, in no particular order."""
         with self.index.read_transaction() as conn:
@@ -292,7 +300,7 @@ class JobQueue:
         result_relpath: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> bool:
-        """Move a leased job on (inferred, rejected, failed); False if the lease was lost."""
+        """Move a leased job on (encoded, rejected, failed); False if the lease was lost."""
         if state in (JobState.PENDING, JobState.RUNNING):
             raise ValueError(f"finish() ends a run; {state} is not an end state")
         with self.index.write_transaction() as conn:

@@ -4,7 +4,7 @@
 `arrays.npz` (masks, bit-packed) and `result.json` (model, version, provider,
 timings, the source slices in volume order and their geometry). Each file is
 written to a temporary name, fsynced and renamed, then the folder is fsynced; a
-job is marked inferred only afterwards, so a crash leaves a job that runs again,
+job is marked encoded only afterwards, so a crash leaves a job that runs again,
 never a job that points at half a result.
 """
 

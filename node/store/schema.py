@@ -99,7 +99,7 @@ jobs = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("lease_owner", String(64)),
     Column("lease_expires_at", Float),
-    Column("result_relpath", String(255)),  # under <root>/results/, once inferred
+    Column("result_relpath", String(255)),  # under <root>/results/, once encoded
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Index("ix_jobs_state", "state", "priority"),

@@ -57,7 +57,7 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> PhantomTruth:
     return write_chest_phantom(tmp_path_factory.mktemp("phantom"), PhantomSpec())
 
 
-def test_a_chest_ct_is_routed_inferred_and_its_result_kept(
+def test_a_chest_ct_is_routed_inferred_and_its_results_encoded(
     node_factory: NodeFactory, phantom: PhantomTruth
 ) -> None:
     # Given a node with a route that sends chest CTs from the PACS to the lung model
@@ -71,6 +71,9 @@ def test_a_chest_ct_is_routed_inferred_and_its_result_kept(
     assert inferred["provider"] == "CPUExecutionProvider"
     ready = wait_for_event(node, "model_session_ready", 5)
     assert ready["provider"] == "CPUExecutionProvider"
+    # And the results are encoded as DICOM: SEG, SR, key images, KOS and the summary
+    encoded = wait_for_event(node, "job_encoded", 60, job_id=created["job_id"])
+    assert set(encoded["outputs"]) == {"seg", "sr", "sc", "kos", "pdf"}
     # And the result sits in the store: the findings match the drawn nodules of 8 mm
     # and more, each measured within 25% of its drawn diameter
     result = node.root / "results" / created["job_id"]
@@ -86,8 +89,12 @@ def test_a_chest_ct_is_routed_inferred_and_its_result_kept(
     meta = json.loads((result / "result.json").read_text())
     assert meta["series_uid"] == phantom.series.series_uid
     assert len(meta["sop_instance_uids"]) == len(phantom.series.paths)
-    # And `radnode jobs` shows the job as inferred
-    listed = radnode("jobs", "--config", str(node.config_path), "--state", "inferred")
+    # And each encoded object is on disk, named in result.json
+    assert {o["kind"] for o in meta["outputs"]} == {"seg", "sr", "sc", "kos", "pdf"}
+    for output in meta["outputs"]:
+        assert (result / "dicom" / output["file"]).is_file(), output
+    # And `radnode jobs` shows the job as encoded
+    listed = radnode("jobs", "--config", str(node.config_path), "--state", "encoded")
     assert created["job_id"] in listed.stdout, listed.stdout + listed.stderr
     # And no patient data reached the log
     assert not [p for p in PHI if p in node.log_text()]
@@ -144,6 +151,6 @@ def test_a_worker_killed_mid_job_loses_its_lease_and_the_job_runs_again(
     wait_for_event(node, "worker_process_died", 30)
     again = wait_for_event(node, "job_claimed", 120, job_id=claimed["job_id"], attempt=2)
     assert again["pid"] != claimed["pid"]
-    wait_for_event(node, "job_inferred", 300, job_id=claimed["job_id"])
-    listed = radnode("jobs", "--config", str(node.config_path), "--state", "inferred")
+    wait_for_event(node, "job_encoded", 300, job_id=claimed["job_id"])
+    listed = radnode("jobs", "--config", str(node.config_path), "--state", "encoded")
     assert claimed["job_id"] in listed.stdout

@@ -217,14 +217,14 @@ def test_finish_refuses_a_worker_that_does_not_hold_the_lease(
     index: InstanceIndex, queue: JobQueue
 ) -> None:
     job = one_job(queue, complete_series(index, "1.2.3.1", 100), 200)
-    assert not queue.finish(job.id, "w1", JobState.INFERRED, now=300), "not claimed yet"
+    assert not queue.finish(job.id, "w1", JobState.ENCODED, now=300), "not claimed yet"
     queue.claim("w1", LEASE, now=1000, max_attempts=3)
-    assert not queue.finish(job.id, "w2", JobState.INFERRED, now=1100)
+    assert not queue.finish(job.id, "w2", JobState.ENCODED, now=1100)
     still = queue.get(job.id)
     assert still is not None and still.state is JobState.RUNNING
 
 
-def test_finish_as_inferred_records_where_the_result_is(
+def test_finish_as_encoded_records_where_the_result_is(
     index: InstanceIndex, queue: JobQueue
 ) -> None:
     job = one_job(queue, complete_series(index, "1.2.3.1", 100), 200)
@@ -232,7 +232,7 @@ def test_finish_as_inferred_records_where_the_result_is(
     assert queue.finish(
         job.id,
         "w1",
-        JobState.INFERRED,
+        JobState.ENCODED,
         now=1100,
         result_relpath=f"results/{job.id}",
         detail={"findings": 2},
@@ -240,14 +240,14 @@ def test_finish_as_inferred_records_where_the_result_is(
     done = queue.get(job.id)
     assert done is not None
     assert (done.state, done.result_relpath, done.updated_at) == (
-        JobState.INFERRED,
+        JobState.ENCODED,
         f"results/{job.id}",
         1100,
     )
-    [event] = index.events("job_inferred")
+    [event] = index.events("job_encoded")
     assert event["detail"] == {"findings": 2, "reason": None}
-    assert not queue.finish(job.id, "w1", JobState.INFERRED, now=1200), "finished once only"
-    assert queue.claim("w2", LEASE, now=5000, max_attempts=3) is None, "an inferred job stays"
+    assert not queue.finish(job.id, "w1", JobState.ENCODED, now=1200), "finished once only"
+    assert queue.claim("w2", LEASE, now=5000, max_attempts=3) is None, "an encoded job stays"
 
 
 def test_release_for_retry_returns_the_job_to_pending(
@@ -312,7 +312,7 @@ def test_timeline_tells_the_series_and_the_job_in_order(
     job = one_job(queue, complete_series(index, "1.2.3.1", 100), 200)
     other = one_job(queue, complete_series(index, "1.2.3.2", 100), 200)
     queue.claim("w1", LEASE, now=1000, max_attempts=3)
-    queue.finish(job.id, "w1", JobState.INFERRED, now=1100, result_relpath="results/x")
+    queue.finish(job.id, "w1", JobState.ENCODED, now=1100, result_relpath="results/x")
     timeline = queue.timeline(job.id)
     assert [e["kind"] for e in timeline] == [
         "series_opened",
@@ -320,7 +320,7 @@ def test_timeline_tells_the_series_and_the_job_in_order(
         "job_created",
         "series_routed",
         "job_claimed",
-        "job_inferred",
+        "job_encoded",
     ]
     assert {e["series_uid"] for e in timeline} == {"1.2.3.1"}
     assert [e["at"] for e in timeline] == sorted(e["at"] for e in timeline)
