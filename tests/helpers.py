@@ -36,6 +36,12 @@ def dcmtk(name: str) -> str:
     return require_tool(f"/usr/bin/{name}")
 
 
+def dicom3tools(name: str) -> str:
+    """A dicom3tools validator (dciodvfy, dcentvfy) by absolute path; skip locally, fail
+    in CI, when it is missing."""
+    return require_tool(f"/usr/bin/{name}")
+
+
 def dcmtk_env() -> dict[str, str]:
     """Environment for DCMTK processes: Nagle off, as in the field notes."""
     return {**os.environ, "TCP_NODELAY": "1"}
@@ -200,3 +206,23 @@ def push_in_parallel(node: NodeProcess, files: list[Path], associations: int) ->
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
+
+
+PIXELMED_JAR = "/usr/share/java/pixelmed.jar"
+
+
+def pixelmed_sr_validator(path: Path, *options: str) -> list[str]:
+    """PixelMed's DicomSRValidator on one file (Debian pixelmed-apps). Unlike dciodvfy
+    it checks the SR templates; JDK 17 needs its XPath limits lifted for PixelMed's
+    large stylesheet. Skip locally, fail in CI, when Java or PixelMed is missing."""
+    return [
+        require_tool("/usr/bin/java"),
+        "-Djdk.xml.xpathExprOpLimit=0",
+        "-Djdk.xml.xpathExprGrpLimit=0",
+        "-Djdk.xml.xpathTotalOpLimit=0",
+        "-cp",
+        require_tool(PIXELMED_JAR),
+        "com.pixelmed.validate.DicomSRValidator",
+        *options,
+        str(path),
+    ]

@@ -13,6 +13,7 @@ from node.inference.measure import measure_finding
 from node.inference.package import ModelRegistry
 from node.inference.volume import load_series
 from node.results.context import EncodingInput
+from node.synthetic import write_ct_series
 from node.synthetic.phantom import PhantomNodule, PhantomSpec, write_chest_phantom
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +65,39 @@ def make_encoding_input(
         findings=tuple(findings),
         findings_labels=labels,
         segments={"Lung": truth.lung_mask},
+        include_segments=("Lung",),
+        series_numbers_in_use=frozenset({1}),
+    )
+
+
+def make_lidc_size_input(folder: Path, *, job_id: str = "job-test-lidc") -> EncodingInput:
+    """A result the size of LIDC-IDRI-0001 (133 x 512 x 512): one 30 mm finding inside
+    two ellipsoidal lungs drawn on a synthetic CT series; for timing the encoders."""
+    series = write_ct_series(folder, slices=133, rows=512, cols=512, slice_thickness_mm=2.5)
+    volume = load_series(list(series.paths))
+    sources = tuple(pydicom.dcmread(p, stop_before_pixels=True) for p in series.paths)
+    by_uid = {ds.SOPInstanceUID: ds for ds in sources}
+    ordered = tuple(by_uid[uid] for uid in volume.sop_instance_uids)
+    kk, jj, ii = np.indices(volume.shape, sparse=True)
+    dz, dy, dx = volume.spacing
+    lungs = np.zeros(volume.shape, dtype=bool)
+    for centre_i in (150, 362):  # two lungs, 60 x 110 x 280 mm semi-axes
+        lungs |= (
+            ((ii - centre_i) * dx / 60) ** 2 + ((jj - 256) * dy / 110) ** 2
+            + ((kk - 66) * dz / 140) ** 2 <= 1
+        )  # fmt: skip
+    nodule = ((ii - 362) * dx) ** 2 + ((jj - 256) * dy) ** 2 + ((kk - 66) * dz) ** 2 <= 15**2
+    finding = measure_finding(volume, nodule, label="Nodule", tracking_id="nodule-1", score=0.9)
+    assert finding is not None
+    model = ModelRegistry.load(REPO / "models").get("lung-nodules").info()
+    return EncodingInput(
+        job_id=job_id,
+        model=model,
+        volume=volume,
+        sources=ordered,
+        findings=(finding,),
+        findings_labels=nodule.astype(np.uint16),
+        segments={"Lung": lungs},
         include_segments=("Lung",),
         series_numbers_in_use=frozenset({1}),
     )

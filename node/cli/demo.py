@@ -125,7 +125,7 @@ def _drive(
             time.sleep(1.0)
     finally:
         index.close()
-    if job.state != JobState.INFERRED or job.result_relpath is None:
+    if job.state != JobState.ENCODED or job.result_relpath is None:
         print(f"the job ended {job.state}: {job.reason}", file=sys.stderr)
         return 1
     result = load_result(config.storage.root, job.result_relpath)
@@ -136,6 +136,11 @@ def _drive(
     )
     print(_comparison(result.findings, truth))
     print(f"\nfindings: {result.folder / 'findings.json'}")
+    outputs = result.meta.get("outputs", [])
+    if outputs:
+        names = ", ".join(f"{o['kind']} ({o['file']})" for o in outputs)
+        print(f"DICOM results, as a PACS would receive them: {names}")
+        print(f"  in {result.folder / 'dicom'}")
     print("AI-generated, unverified; not for clinical use.")
     return 0
 

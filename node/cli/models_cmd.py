@@ -8,12 +8,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+import pydicom
+from pydicom.errors import InvalidDicomError
+
 from node.config import NodeConfig
 from node.domain import Finding, JobState
 from node.errors import ConfigError
 from node.inference.package import ModelRegistry
 from node.inference.pipelines import InferenceResult, build_pipeline, requirements_of
 from node.inference.volume import SeriesRejected, load_series_folder
+from node.results.encode import OUTPUTS_DIR, encode, write_outputs
+from node.store import job_id_for
 from node.store.results import write_result
 
 EXIT_OK = 0
@@ -86,7 +91,7 @@ def run_model(
     threads: int | None = None,
 ) -> int:
     """Run one model on a folder of DICOM files; print findings, write them to `out`."""
-    from node.cli.work import result_payload, runtime_settings
+    from node.cli.work import build_encoding_input, result_payload, runtime_settings
 
     registry = ModelRegistry.load(models_dir(config, override))
     package = registry.get(model)
@@ -107,12 +112,32 @@ def run_model(
     result.timings["load"] = load_seconds
     out.mkdir(parents=True, exist_ok=True)
     findings_json = [f.as_json() for f in result.findings]
+    # Every output kind, as a node would send them, so that they can be opened in a
+    # viewer; the job id is the one the node would give this series and model.
+    paths = sorted(p for p in path.rglob("*") if p.is_file())
+    inp = build_encoding_input(
+        job_id=job_id_for(volume.series_uid, 1, package.name),
+        model=package.info(),
+        volume=volume,
+        result=result,
+        paths=[p for p in paths if _is_in_series(p, volume.series_uid)],
+        decision_support="fleischner-2017",
+        segments=("Lung",),
+        series_numbers_in_use=frozenset(),
+    )
+    started = time.perf_counter()
+    outputs, encode_timings = encode(inp)
+    write_outputs(out / OUTPUTS_DIR, outputs)
+    result.timings["encode"] = time.perf_counter() - started
+    meta = result_payload(volume, result)
+    meta["outputs"] = [o.describe() for o in outputs]
+    meta["encode_timings"] = {k: round(v, 4) for k, v in encode_timings.items()}
     write_result(
         out,
         findings=findings_json,
         masks=result.segments,
         labels={"findings": result.findings_labels},
-        meta=result_payload(volume, result),
+        meta=meta,
     )
     k, rows, cols = volume.shape
     print(
@@ -124,9 +149,20 @@ def run_model(
     timing = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items())
     print(f"\ntimes: {timing}")
     print(f"wrote {out / 'findings.json'}, result.json and arrays.npz (masks)")
+    kinds = ", ".join(f"{o.kind} {o.filename}" for o in outputs)
+    print(f"DICOM results in {out / OUTPUTS_DIR}: {kinds}")
     if package.not_for_clinical_use:
         print("AI-generated, unverified; not for clinical use.")
     return EXIT_OK
+
+
+def _is_in_series(path: Path, series_uid: str) -> bool:
+    """True for a DICOM file of the given series (others in the folder are skipped)."""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+    except (OSError, InvalidDicomError):
+        return False
+    return str(header.get("SeriesInstanceUID", "")) == series_uid
 
 
 def list_jobs(config: NodeConfig, state: str | None, limit: int) -> int:

@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pydicom
@@ -20,9 +20,9 @@ import structlog
 from pydicom.errors import InvalidDicomError
 
 from node.config import NodeConfig
-from node.domain import Job, JobState, SeriesFacts
+from node.domain import Job, JobState, ModelInfo, SeriesFacts
 from node.domain.volume import Volume
-from node.errors import ConfigError, ModelError
+from node.errors import ConfigError, InvalidInput, ModelError
 from node.inference.package import ModelRegistry
 from node.inference.pipelines import (
     InferenceResult,
@@ -32,8 +32,11 @@ from node.inference.pipelines import (
     requirements_of,
 )
 from node.inference.volume import SeriesRejected, load_series
+from node.results.context import ALL_OUTPUTS, DecisionSupport, EncodingInput, OutputKind
+from node.results.encode import OUTPUTS_DIR, encode, write_outputs
 from node.routing import explain_mismatch, match_routes
 from node.store import InstanceStore, JobQueue
+from node.store.files import RESULTS_DIR
 from node.store.results import save_result
 
 log = structlog.get_logger("radnode.work")
@@ -116,6 +119,36 @@ def route_pending(
 
 
 # -- workers ---------------------------------------------------------------------------
+
+
+def build_encoding_input(
+    *,
+    job_id: str,
+    model: ModelInfo,
+    volume: Volume,
+    result: InferenceResult,
+    paths: Sequence[Path],
+    decision_support: DecisionSupport,
+    segments: tuple[str, ...],
+    series_numbers_in_use: frozenset[int],
+) -> EncodingInput:
+    """Join a model's result with its source headers (in volume order) for encoding."""
+    headers = {}
+    for path in paths:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        headers[str(header.SOPInstanceUID)] = header
+    return EncodingInput(
+        job_id=job_id,
+        model=model,
+        volume=volume,
+        sources=tuple(headers[uid] for uid in volume.sop_instance_uids),
+        findings=tuple(result.findings),
+        findings_labels=result.findings_labels,
+        segments=result.segments,
+        include_segments=tuple(s for s in segments if s in result.segments),
+        decision_support=decision_support,
+        series_numbers_in_use=series_numbers_in_use,
+    )
 
 
 def runtime_settings(config: NodeConfig) -> RuntimeSettings:
@@ -228,8 +261,9 @@ class Worker:
             self.queue.finish(job.id, self.owner, JobState.REJECTED, now(), reason=exc.reason)
             log.warning("series_rejected", reason=exc.reason, **fields)
             return
-        except OSError as exc:
-            self._fail(job, f"cannot read the series: {exc.strerror or exc}", fields)
+        except (OSError, InvalidInput) as exc:  # a file gone or unreadable: try again later
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._fail(job, f"cannot read the series: {reason}", fields)
             return
         load_seconds = time.perf_counter() - started
         try:
@@ -242,30 +276,74 @@ class Worker:
             self._fail(job, f"the model failed: {type(exc).__name__}: {exc}", fields)
             return
         result.timings["load"] = load_seconds
-        relpath = save_result(
+        detail: dict[str, object] = {
+            "findings": len(result.findings),
+            "provider": result.provider,
+            "seconds": round(sum(result.timings.values()), 3),
+        }
+        log.info(
+            "job_inferred",
+            **fields,
+            **detail,
+            timings={k: round(v, 3) for k, v in result.timings.items()},
+        )
+        try:
+            inp = self.encoding_input(job, volume, result, paths)
+            outputs, encode_timings = encode(inp, self.output_kinds(job))
+        except Exception as exc:  # an encoder's failure must not stop the worker
+            log.exception("encoding_failed", **fields)
+            self._fail(job, f"encoding the results failed: {type(exc).__name__}: {exc}", fields)
+            return
+        relpath = f"{RESULTS_DIR}/{job.id}"
+        write_outputs(self.store.root / relpath / OUTPUTS_DIR, outputs)
+        meta = result_payload(volume, result)
+        meta["outputs"] = [o.describe() for o in outputs]
+        meta["encode_timings"] = {k: round(v, 4) for k, v in encode_timings.items()}
+        save_result(
             self.store.root,
             job.id,
             findings=[f.as_json() for f in result.findings],
             masks=result.segments,
             labels={"findings": result.findings_labels},
-            meta=result_payload(volume, result),
+            meta=meta,
         )
-        detail = {
-            "findings": len(result.findings),
-            "provider": result.provider,
-            "seconds": round(sum(result.timings.values()), 3),
-        }
+        detail["outputs"] = len(outputs)
         if self.queue.finish(
-            job.id, self.owner, JobState.INFERRED, now(), result_relpath=relpath, detail=detail
+            job.id, self.owner, JobState.ENCODED, now(), result_relpath=relpath, detail=detail
         ):
             log.info(
-                "job_inferred",
+                "job_encoded",
                 **fields,
-                **detail,
-                timings={k: round(v, 3) for k, v in result.timings.items()},
+                outputs=[o.kind for o in outputs],
+                seconds=round(sum(encode_timings.values()), 3),
             )
         else:
             log.warning("job_lease_lost_before_finish", **fields)
+
+    def output_kinds(self, job: Job) -> list[OutputKind]:
+        """What the job's destinations want, together; everything when it has none."""
+        kinds: list[OutputKind] = []
+        for name in job.send_to:
+            destination = self.config.destination(name)
+            if destination is not None:
+                kinds.extend(k for k in destination.outputs if k not in kinds)
+        return kinds or list(ALL_OUTPUTS)
+
+    def encoding_input(
+        self, job: Job, volume: Volume, result: InferenceResult, paths: list[Path]
+    ) -> EncodingInput:
+        """The job's result with its source headers, route options and study context."""
+        route = next((r for r in self.config.routes if r.name == job.route), None)
+        return build_encoding_input(
+            job_id=job.id,
+            model=self.pipeline(job.model).package.info(),
+            volume=volume,
+            result=result,
+            paths=paths,
+            decision_support=route.decision_support if route else "fleischner-2017",
+            segments=tuple(route.segments) if route else ("Lung",),
+            series_numbers_in_use=self.queue.study_series_numbers(job.study_uid),
+        )
 
     def _fail(self, job: Job, reason: str, fields: dict[str, str]) -> None:
         now = self._clock()

@@ -1,0 +1,106 @@
+"""Results benchmark: time to build every output kind for LIDC-IDRI-0001.
+
+Runs the reference model once, then builds SEG, SR, key images, KOS and summary
+from its result several times, and prints the time per kind (median of the runs)
+against the target of 1.5 s in total. Reading the source headers, which the worker
+does once per job, is timed beside it.
+
+    .venv/bin/python bench/results.py [--data DIR] [--repeat 5] [--json OUT]
+
+DIR defaults to $RADNODE_SHARED_DATA/data/lidc-idri-0001.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from node.cli.work import build_encoding_input
+from node.inference.package import ModelRegistry
+from node.inference.pipelines import RuntimeSettings, build_pipeline, requirements_of
+from node.inference.volume import load_series_folder
+from node.results.encode import encode
+
+TARGET_SECONDS = 1.5
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="the lidc-idri-0001 folder")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    data = args.data
+    if data is None and os.environ.get("RADNODE_SHARED_DATA"):
+        data = Path(os.environ["RADNODE_SHARED_DATA"]) / "data" / "lidc-idri-0001"
+    if data is None or not (data / "ct").is_dir():
+        print(
+            "error: give --data or set RADNODE_SHARED_DATA to the folder holding "
+            "data/lidc-idri-0001",
+            file=sys.stderr,
+        )
+        return 2
+    package = ModelRegistry.load(REPO / "models").get("lung-nodules")
+    volume = load_series_folder(data / "ct", requirements_of(package))
+    result = build_pipeline(package, RuntimeSettings()).run(volume)
+    paths = sorted((data / "ct").glob("*.dcm"))
+    started = time.perf_counter()
+    inp = build_encoding_input(
+        job_id="bench-lidc-0001",
+        model=package.info(),
+        volume=volume,
+        result=result,
+        paths=paths,
+        decision_support="fleischner-2017",
+        segments=("Lung",),
+        series_numbers_in_use=frozenset(),
+    )
+    headers_seconds = time.perf_counter() - started
+    runs: list[dict[str, float]] = []
+    sizes: dict[str, int] = {}
+    for _ in range(args.repeat):
+        outputs, timings = encode(inp)
+        runs.append(timings)
+    for output in outputs:
+        sizes[output.filename] = (
+            len(output.dataset.PixelData) if "PixelData" in output.dataset else 0
+        )
+    kinds = list(runs[0])
+    medians = {kind: statistics.median(run[kind] for run in runs) for kind in kinds}
+    total = statistics.median(sum(run.values()) for run in runs)
+    print(
+        f"LIDC-IDRI-0001: {len(result.findings)} finding(s), {volume.shape[0]} slices; "
+        f"{args.repeat} runs"
+    )
+    print("\n| output | median s |")
+    print("|---|---|")
+    for kind in kinds:
+        print(f"| {kind} | {medians[kind]:.3f} |")
+    print(f"| **all outputs** | **{total:.3f}** |")
+    print(f"\nreading the {len(paths)} source headers (once per job): {headers_seconds:.3f} s")
+    met = total < TARGET_SECONDS
+    print(f"target: all outputs under {TARGET_SECONDS} s: {'met' if met else 'NOT met'}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "median_seconds": medians,
+                    "total_seconds": total,
+                    "runs": runs,
+                    "headers_seconds": headers_seconds,
+                    "met": met,
+                },
+                indent=2,
+            )
+        )
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

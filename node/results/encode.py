@@ -1,0 +1,113 @@
+"""Build every output a job's destinations ask for, and keep them on disk.
+
+The SEG comes first (the SR references its segments), then the SR, the key images,
+the KOS (which flags the key source slices and references the other objects) and
+the summary. Files are written durably under the job's result folder, one per
+object, named by kind; their UIDs are deterministic, so a job run again writes the
+same objects.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from node.results.context import ALL_OUTPUTS, EncodingInput, OutputKind
+from node.results.fallbacks import build_key_images, build_kos, build_summary
+from node.results.seg import build_seg
+from node.results.sr import build_sr
+
+OUTPUTS_DIR = "dicom"
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One encoded object."""
+
+    kind: OutputKind
+    dataset: Dataset
+    filename: str
+
+    def describe(self) -> dict[str, str]:
+        """What result.json records of it (UIDs and file; no patient data)."""
+        return {
+            "kind": self.kind,
+            "file": self.filename,
+            "sop_class_uid": str(self.dataset.SOPClassUID),
+            "sop_instance_uid": str(self.dataset.SOPInstanceUID),
+            "series_uid": str(self.dataset.SeriesInstanceUID),
+        }
+
+
+def encode(
+    inp: EncodingInput, kinds: Collection[OutputKind] = ALL_OUTPUTS
+) -> tuple[list[Output], dict[str, float]]:
+    """The outputs of `kinds` (in a fixed order) and the seconds each kind took."""
+    wanted = set(kinds)
+    outputs: list[Output] = []
+    timings: dict[str, float] = {}
+
+    def timed(kind: str, started: float) -> None:
+        timings[kind] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    # The SR's volumetric groups point at SEG segments: build the SEG for the SR too.
+    seg = build_seg(inp) if inp.findings and wanted & {"seg", "sr"} else None
+    timed("seg", started)
+    if seg is not None and "seg" in wanted:
+        outputs.append(Output("seg", seg, "seg.dcm"))
+    if "sr" in wanted:
+        started = time.perf_counter()
+        outputs.append(Output("sr", build_sr(inp, seg), "sr.dcm"))
+        timed("sr", started)
+    key_images: list[Dataset] = []
+    if wanted & {"sc", "kos"}:
+        started = time.perf_counter()
+        key_images = build_key_images(inp)
+        timed("sc", started)
+        if "sc" in wanted:
+            outputs.extend(
+                Output("sc", ds, f"sc-{n}.dcm") for n, ds in enumerate(key_images, start=1)
+            )
+    if "kos" in wanted:
+        started = time.perf_counter()
+        kos = build_kos(inp, [o.dataset for o in outputs])
+        timed("kos", started)
+        if kos is not None:
+            outputs.append(Output("kos", kos, "kos.dcm"))
+    if "pdf" in wanted:
+        started = time.perf_counter()
+        outputs.append(Output("pdf", build_summary(inp), "summary.dcm"))
+        timed("pdf", started)
+    return outputs, timings
+
+
+def write_outputs(folder: Path, outputs: list[Output]) -> None:
+    """Write each object as a Part 10 file: temporary name, fsync, rename; then the
+    folder is fsynced, so every file named in result.json is on disk whole."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for output in outputs:
+        buffer = io.BytesIO()
+        output.dataset.save_as(buffer, enforce_file_format=True)
+        fd, temp = tempfile.mkstemp(prefix=".partial-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(buffer.getvalue())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, folder / output.filename)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
