@@ -78,13 +78,12 @@ def plan_lung_crop(
     body = hu > BODY_HU
     enclosed = np.zeros_like(body)
     min_pixels = min_pocket_mm2 / (dy * dx)
-    for k in range(body.shape[0]):
-        air = ndimage.binary_fill_holes(body[k]) & (hu[k] < AIR_HU)
-        labels, count = ndimage.label(air)
-        if count:
-            sizes = np.bincount(labels.ravel())
-            big = np.flatnonzero(sizes >= min_pixels)
-            enclosed[k] = np.isin(labels, big[big > 0])
+    air = fill_holes_per_slice(body) & (hu < AIR_HU)
+    labels, count = ndimage.label(air, structure=_IN_PLANE)  # pockets, slice by slice
+    if count:
+        big = np.bincount(labels.ravel()) >= min_pixels
+        big[0] = False
+        enclosed = big[labels]
     area = enclosed.sum(axis=(1, 2)) * dy * dx
     keep = np.flatnonzero(area >= min_air_mm2)
     if keep.size == 0:
@@ -202,8 +201,22 @@ def clean_lung_mask(probability: FloatArray | BoolArray, threshold: float = 0.5)
     lookup = np.zeros(count + 1, dtype=bool)
     lookup[keep] = True
     chosen = ndimage.binary_dilation(lookup[labels], structure=_IN_PLANE)
-    up = chosen.repeat(2, axis=1).repeat(2, axis=2)[:, : inner.shape[1], : inner.shape[2]]
-    result[box] = fill_holes_per_slice(inner & up)
+    # The holes are filled inside the box of the kept lungs only, which is smaller
+    # than the raw box when specks lie far out in the fat.
+    kept = _box(chosen)
+    if kept is None:
+        return result
+    k0, k1 = kept[0].start, kept[0].stop
+    j0, j1 = kept[1].start * 2, min(inner.shape[1], kept[1].stop * 2)
+    i0, i1 = kept[2].start * 2, min(inner.shape[2], kept[2].stop * 2)
+    up = chosen[k0:k1, kept[1], kept[2]].repeat(2, axis=1).repeat(2, axis=2)
+    lungs = inner[k0:k1, j0:j1, i0:i1] & up[:, : j1 - j0, : i1 - i0]
+    outer = (box[0].start + k0, box[1].start + j0, box[2].start + i0)
+    result[
+        outer[0] : outer[0] + lungs.shape[0],
+        outer[1] : outer[1] + lungs.shape[1],
+        outer[2] : outer[2] + lungs.shape[2],
+    ] = fill_holes_per_slice(lungs)
     return result
 
 
