@@ -266,7 +266,9 @@ def summarise_config(config: NodeConfig) -> str:
         lines.append(f"  - {s.name}: calling AE {s.ae_title} from {hosts}")
     lines.append(f"destinations {len(config.destinations)}")
     for d in config.destinations:
-        lines.append(f"  - {d.name}: {d.ae_title}@{d.host}:{d.port}")
+        lines.append(
+            f"  - {d.name}: {d.ae_title}@{d.host}:{d.port}, receives {', '.join(d.outputs)}"
+        )
     lines.append(f"routes       {len(config.routes)}")
     for r in config.routes:
         origin = ", ".join(r.from_) or "any source"
