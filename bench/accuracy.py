@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -79,8 +78,7 @@ MIN_DICE = 0.6
 MAX_FALSE_POSITIVES = 4
 
 
-class DataMissing(Exception):
-    """The case's files are not where they should be; exit code 2."""
+DataMissing = lidc.DataMissing
 
 
 # -- results -------------------------------------------------------------------------
@@ -224,22 +222,7 @@ def _dice_pair(model: BoolArray, reference: BoolArray) -> dict[str, float]:
 
 def data_folder(argument: str | None) -> Path:
     """The case folder from --data or $RADNODE_SHARED_DATA; DataMissing says what is wrong."""
-    if argument:
-        folder = Path(argument)
-    else:
-        shared = os.environ.get("RADNODE_SHARED_DATA")
-        if not shared:
-            raise DataMissing(
-                "RADNODE_SHARED_DATA is not set and --data was not given; point either at "
-                "the shared data (the folder that holds data/lidc-idri-0001)"
-            )
-        folder = Path(shared) / "data" / "lidc-idri-0001"
-    missing = [
-        str(folder / name) for name in ("ct", XML_NAME, SEG_NAME) if not (folder / name).exists()
-    ]
-    if missing:
-        raise DataMissing(f"LIDC-IDRI-0001 data not found: missing {', '.join(missing)}")
-    return folder
+    return lidc.case_folder(argument, ("ct", XML_NAME, SEG_NAME))
 
 
 def run_model(ct: Path) -> tuple[Volume, InferenceResult, float, float]:

@@ -68,6 +68,11 @@ from node.inference.pipelines import (
 )
 from node.inference.runtime import cpu_count, nvidia_gpu_present
 from node.inference.segment import Plan, full_plan
+
+try:
+    from bench import lidc
+except ImportError:  # python bench/inference.py: bench/ itself is on sys.path
+    import lidc  # type: ignore[no-redef]
 from node.inference.volume import load_series_folder
 from node.inference.volume_types import Volume
 
@@ -90,8 +95,7 @@ MAX_CENTROID_SHIFT_MM = 1.0
 MAX_PEAK_RSS_MIB = 2048.0
 
 
-class DataMissing(Exception):
-    """The case's files are not where they should be; exit code 2."""
+DataMissing = lidc.DataMissing
 
 
 @dataclass
@@ -231,19 +235,7 @@ class FullFramePipeline(LungNodulePipeline):
 
 def data_folder(argument: str | None) -> Path:
     """The case folder from --data or $RADNODE_SHARED_DATA; DataMissing says what is wrong."""
-    if argument:
-        folder = Path(argument)
-    else:
-        shared = os.environ.get("RADNODE_SHARED_DATA")
-        if not shared:
-            raise DataMissing(
-                "RADNODE_SHARED_DATA is not set and --data was not given; point either at "
-                "the shared data (the folder that holds data/lidc-idri-0001)"
-            )
-        folder = Path(shared) / "data" / "lidc-idri-0001"
-    if not (folder / "ct").is_dir():
-        raise DataMissing(f"LIDC-IDRI-0001 data not found: missing {folder / 'ct'}")
-    return folder
+    return lidc.case_folder(argument, ("ct",))
 
 
 def peak_rss_mib() -> float:

@@ -12,6 +12,7 @@ point. `inclusion` FALSE marks a hole to cut out of the slice's region.
 from __future__ import annotations
 
 import math
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -293,3 +294,28 @@ def consensus_mask(masks: Iterable[BoolArray], level: float = 0.5) -> BoolArray:
     votes = np.sum(stack, axis=0)
     result: BoolArray = votes >= level * len(stack)
     return result
+
+
+class DataMissing(Exception):
+    """The case's files are not where they should be; benchmarks exit with code 2."""
+
+
+def case_folder(argument: str | Path | None, needed: Sequence[str] = ("ct",)) -> Path:
+    """The LIDC-IDRI-0001 folder from --data or $RADNODE_SHARED_DATA, with `needed` in it.
+
+    Raises DataMissing with what to set or what is missing.
+    """
+    if argument:
+        folder = Path(argument)
+    else:
+        shared = os.environ.get("RADNODE_SHARED_DATA")
+        if not shared:
+            raise DataMissing(
+                "RADNODE_SHARED_DATA is not set and --data was not given; point either at "
+                "the shared data (the folder that holds data/lidc-idri-0001)"
+            )
+        folder = Path(shared) / "data" / "lidc-idri-0001"
+    missing = [str(folder / name) for name in needed if not (folder / name).exists()]
+    if missing:
+        raise DataMissing(f"LIDC-IDRI-0001 data not found: missing {', '.join(missing)}")
+    return folder

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -26,25 +25,25 @@ from node.inference.pipelines import RuntimeSettings, build_pipeline, requiremen
 from node.inference.volume import load_series_folder
 from node.results.encode import encode
 
+try:
+    from bench import lidc
+except ImportError:  # python bench/results.py: bench/ itself is on sys.path
+    import lidc  # type: ignore[no-redef]
+
 TARGET_SECONDS = 1.5
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, help="the lidc-idri-0001 folder")
+    parser.add_argument("--data", help="the lidc-idri-0001 folder")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    data = args.data
-    if data is None and os.environ.get("RADNODE_SHARED_DATA"):
-        data = Path(os.environ["RADNODE_SHARED_DATA"]) / "data" / "lidc-idri-0001"
-    if data is None or not (data / "ct").is_dir():
-        print(
-            "error: give --data or set RADNODE_SHARED_DATA to the folder holding "
-            "data/lidc-idri-0001",
-            file=sys.stderr,
-        )
+    try:
+        data = lidc.case_folder(args.data)
+    except lidc.DataMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     package = ModelRegistry.load(REPO / "models").get("lung-nodules")
     volume = load_series_folder(data / "ct", requirements_of(package))

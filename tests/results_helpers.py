@@ -3,11 +3,15 @@ nodules (no model run): the findings are the phantom's own spheres, measured."""
 
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
 
 from node.inference.measure import measure_finding
 from node.inference.package import ModelRegistry
@@ -101,3 +105,42 @@ def make_lidc_size_input(folder: Path, *, job_id: str = "job-test-lidc") -> Enco
         include_segments=("Lung",),
         series_numbers_in_use=frozenset({1}),
     )
+
+
+def write(ds: Dataset, path: Path) -> Path:
+    """Save a result object as a Part 10 file."""
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    """A result object's Part 10 bytes (to compare two builds)."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def validator_messages(args: list[str]) -> tuple[set[str], set[str]]:
+    """The Error and Warning lines a dicom3tools validator printed."""
+    from tests.helpers import run_tool
+
+    done = run_tool(args)
+    lines = {line.strip() for line in (done.stdout + done.stderr).splitlines()}
+    return (
+        {line for line in lines if line.startswith("Error")},
+        {line for line in lines if line.startswith("Warning")},
+    )
+
+
+@contextmanager
+def strict_pydicom() -> Iterator[None]:
+    """Invalid values (too long, wrong VR) raise while building and reading, as in
+    highdicom's own tests."""
+    settings = pydicom.config.settings
+    saved = settings.reading_validation_mode, settings.writing_validation_mode
+    settings.reading_validation_mode = pydicom.config.RAISE
+    settings.writing_validation_mode = pydicom.config.RAISE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = saved

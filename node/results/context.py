@@ -81,6 +81,22 @@ class EncodingInput:
         return mask
 
 
+# Used when the source study has no StudyDate (Content Date is Type 1 in most results).
+FALLBACK_DATE = "19000101"
+
+
+def content_date_time(source: Dataset) -> tuple[str, str]:
+    """Content and series date and time of every result: the source study's.
+
+    A job encoded again must give the same bytes and holds no time of its own; the
+    study's date keeps the results next to their study in date-sorted lists. An empty
+    StudyTime (common after de-identification) counts as midnight.
+    """
+    date = str(source.get("StudyDate") or "") or FALLBACK_DATE
+    time = str(source.get("StudyTime") or "") or "000000"
+    return date, time
+
+
 def series_number_for(kind: OutputKind, in_use: Iterable[int]) -> int:
     """A series number for `kind` that no series of the source study has.
 

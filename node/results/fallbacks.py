@@ -35,6 +35,7 @@ from node.results.context import (
     UNVERIFIED,
     EncodingInput,
     add_contributing_equipment,
+    content_date_time,
     copy_patient_study,
     series_description,
     series_number_for,
@@ -42,8 +43,6 @@ from node.results.context import (
 from node.results.keyimages import LUNG_WINDOW_LEVEL, LUNG_WINDOW_WIDTH, render_key_image
 from node.results.summary import TITLE, render_summary_pdf
 
-# Used only when the source study has no StudyDate (Content Date is Type 1 in the KOS).
-FALLBACK_DATE = "19000101"
 # SC Equipment: made by software on a workstation from other images (PS3.3 C.8.6.1).
 CONVERSION_TYPE = "WSD"
 # The key images are not CT acquisitions: "OT" keeps CT hanging protocols and CT
@@ -240,18 +239,6 @@ def build_summary(inp: EncodingInput) -> Dataset:
     # An odd-length document gets one trailing NUL (ours are made even anyway).
     ds.add_new("EncapsulatedDocument", "OB", pdf + b"\x00" * (len(pdf) % 2))
     return ds
-
-
-def content_date_time(source: Dataset) -> tuple[str, str]:
-    """Content (and series) date and time of the fallbacks: the source study's.
-
-    A job encoded again must give the same bytes and holds no time of its own; the
-    study's date keeps the results next to their study in date-sorted lists. An empty
-    StudyTime (common after de-identification) counts as midnight.
-    """
-    date = str(source.get("StudyDate") or "") or FALLBACK_DATE
-    time = str(source.get("StudyTime") or "") or "000000"
-    return date, time
 
 
 def key_source(inp: EncodingInput, finding: Finding) -> Dataset:

@@ -25,6 +25,7 @@ from node.results.context import (
     UNVERIFIED,
     EncodingInput,
     add_contributing_equipment,
+    content_date_time,
     series_description,
     series_number_for,
 )
@@ -34,8 +35,6 @@ SUPPORTED_TRANSFER_SYNTAXES = frozenset({ExplicitVRLittleEndian, JPEG2000Lossles
 # Source headers must sit where the volume says, to within these (mm, direction cosine).
 POSITION_TOLERANCE_MM = 0.01
 ORIENTATION_TOLERANCE = 1e-4
-# Used only when the source study has no StudyDate at all (ContentDate is Type 1).
-FALLBACK_DATE = "19000101"
 
 
 def build_seg(inp: EncodingInput, *, transfer_syntax: str = ExplicitVRLittleEndian) -> Dataset:
@@ -60,7 +59,7 @@ def build_seg(inp: EncodingInput, *, transfer_syntax: str = ExplicitVRLittleEndi
         )
     check_source_geometry(inp)
     descriptions, masks = _segments(inp)
-    date, time = _content_date_time(inp.sources[0])
+    date, time = content_date_time(inp.sources[0])
     seg: Dataset = hd.seg.Segmentation(
         source_images=list(inp.sources),
         pixel_array=masks,
@@ -239,18 +238,6 @@ def _content_label(model: ModelInfo) -> str:
     """ContentLabel is a CS of at most 16 characters: "AI_" and the model's name."""
     name = re.sub(r"[^A-Z0-9_ ]", "_", model.name.upper())
     return f"AI_{name}"[:16]
-
-
-def _content_date_time(source: Dataset) -> tuple[str, str]:
-    """The SEG's content and series date and time: the source study's, not the clock.
-
-    A job encoded again must give the same bytes, and the job holds no time of its own;
-    the study's date keeps the result next to its study in date-sorted lists. An empty
-    StudyTime (common after de-identification) counts as midnight.
-    """
-    date = str(source.get("StudyDate") or "") or FALLBACK_DATE
-    time = str(source.get("StudyTime") or "") or "000000"
-    return date, time
 
 
 def _make_deterministic(seg: Dataset, inp: EncodingInput) -> None:

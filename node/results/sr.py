@@ -50,6 +50,7 @@ from node.results.context import (
     UNVERIFIED,
     EncodingInput,
     add_contributing_equipment,
+    content_date_time,
     copy_patient_study,
     series_description,
     series_number_for,
@@ -96,9 +97,6 @@ AXIS_DECIMALS = 2
 HU_DECIMALS = 1
 PROBABILITY_DECIMALS = 3
 
-# Used only when the source study has no StudyDate (ContentDate is Type 1), as in the SEG.
-FALLBACK_DATE = "19000101"
-
 
 def build_sr(inp: EncodingInput, seg: Dataset | None) -> Dataset:
     """The job's Measurement Report, ready to write.
@@ -119,7 +117,7 @@ def build_sr(inp: EncodingInput, seg: Dataset | None) -> Dataset:
     for number, finding in enumerate(inp.findings, start=1):
         groups.extend(_finding_groups(inp, number, finding, seg))
     content = _report(inp, groups)
-    date, time = _content_date_time(inp.sources[0])
+    date, time = content_date_time(inp.sources[0])
     evidence = [*inp.sources, seg] if seg is not None else list(inp.sources)
     sr: Dataset = hd.sr.Comprehensive3DSR(
         evidence=evidence,
@@ -434,14 +432,6 @@ def _text_item(name: Code, text: str) -> hd.sr.TextContentItem:
     return hd.sr.TextContentItem(
         name=name, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
-
-
-def _content_date_time(source: Dataset) -> tuple[str, str]:
-    """The source study's date and time (the SEG's rule): a job encoded again gives the
-    same bytes, and the result sorts beside its study. An empty StudyTime is midnight."""
-    date = str(source.get("StudyDate") or "") or FALLBACK_DATE
-    time = str(source.get("StudyTime") or "") or "000000"
-    return date, time
 
 
 def _make_deterministic(sr: Dataset) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,77 @@ class SyntheticSeries:
     series_uid: str
     sop_instance_uids: tuple[str, ...]
     paths: tuple[Path, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SliceUIDs:
+    """The UIDs one synthetic slice carries."""
+
+    study: str
+    series: str
+    frame_of_reference: str
+    sop_instance: str
+
+
+def ct_slice_header(
+    uids: SliceUIDs,
+    *,
+    patient_name: str,
+    patient_id: str,
+    accession_number: str,
+    series_number: int,
+    instance_number: int,
+    rows: int,
+    columns: int,
+    study_description: str = "SYNTHETIC CHEST CT",
+    series_description: str = "SYNTHETIC AXIAL",
+) -> Dataset:
+    """A CT slice's header with fictitious identities: everything but geometry and pixels.
+
+    Pixels are int16 stored values with rescale intercept -1024 (HU = value - 1024).
+    """
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = UID(uids.sop_instance)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = uids.sop_instance
+    ds.StudyInstanceUID = uids.study
+    ds.SeriesInstanceUID = uids.series
+    ds.FrameOfReferenceUID = uids.frame_of_reference
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19500101"
+    ds.PatientSex = "O"
+    ds.AccessionNumber = accession_number
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "120000"
+    ds.StudyID = "1"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = study_description
+    ds.Modality = "CT"
+    ds.Manufacturer = "Radnode synthetic"
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = series_description
+    ds.BodyPartExamined = "CHEST"
+    ds.InstanceNumber = instance_number
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.PatientPosition = "FFS"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    ds.RescaleType = "HU"
+    ds.KVP = 120
+    return ds
 
 
 def _body(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
@@ -59,52 +130,21 @@ def write_ct_series(
     paths: list[Path] = []
     for i in range(slices):
         sop_uid = generate_uid(prefix=None)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PatientName = patient_name
-        ds.PatientID = patient_id
-        ds.PatientBirthDate = "19500101"
-        ds.PatientSex = "O"
-        ds.AccessionNumber = accession_number
-        ds.StudyDate = "20260101"
-        ds.StudyTime = "120000"
-        ds.StudyID = "1"
-        ds.ReferringPhysicianName = ""
-        ds.StudyDescription = "SYNTHETIC CHEST CT"
-        ds.Modality = "CT"
-        ds.Manufacturer = "Radnode synthetic"
-        ds.SeriesNumber = series_number
-        ds.SeriesDescription = "SYNTHETIC AXIAL"
-        ds.BodyPartExamined = "CHEST"
-        ds.InstanceNumber = i + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PatientPosition = "FFS"
+        ds = ct_slice_header(
+            SliceUIDs(study_uid, series_uid, frame_uid, sop_uid),
+            patient_name=patient_name,
+            patient_id=patient_id,
+            accession_number=accession_number,
+            series_number=series_number,
+            instance_number=i + 1,
+            rows=rows,
+            columns=cols,
+        )
         ds.ImagePositionPatient = [-cols / 2 * 0.7, -rows / 2 * 0.7, -i * slice_thickness_mm]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.PixelSpacing = [0.7, 0.7]
         ds.SliceThickness = slice_thickness_mm
         ds.SliceLocation = -i * slice_thickness_mm
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = cols
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = -1024
-        ds.RescaleSlope = 1
-        ds.RescaleType = "HU"
-        ds.KVP = 120
         pixels = base + rng.normal(0, 4, size=base.shape).astype(np.int16)
         ds.PixelData = pixels.astype("<i2").tobytes()
         path = folder / f"ct-{i + 1:04d}.dcm"

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, generate_uid
 from scipy import ndimage
 
 from node.domain.volume import FloatArray, Volume
-from node.synthetic.ct import SyntheticSeries
+from node.synthetic.ct import SliceUIDs, SyntheticSeries, ct_slice_header
 
 BoolArray = npt.NDArray[np.bool_]
 Vectors = npt.NDArray[np.float64]
@@ -334,36 +333,20 @@ def write_volume_series(
     paths: list[Path] = []
     for k in range(volume.shape[0]):
         sop_uid = generate_uid(prefix=None)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PatientName = patient_name
-        ds.PatientID = patient_id
-        ds.PatientBirthDate = "19500101"
-        ds.PatientSex = "O"
-        ds.AccessionNumber = accession_number
-        ds.StudyDate = "20260101"
-        ds.StudyTime = "120000"
+        ds = ct_slice_header(
+            SliceUIDs(study_uid, series_uid, frame_uid, sop_uid),
+            patient_name=patient_name,
+            patient_id=patient_id,
+            accession_number=accession_number,
+            series_number=series_number,
+            instance_number=k + 1,
+            rows=volume.shape[1],
+            columns=volume.shape[2],
+            study_description="SYNTHETIC CHEST PHANTOM",
+            series_description="SYNTHETIC CHEST PHANTOM AXIAL",
+        )
         ds.SeriesDate = "20260101"
         ds.SeriesTime = "120000"
-        ds.StudyID = "1"
-        ds.ReferringPhysicianName = ""
-        ds.StudyDescription = "SYNTHETIC CHEST PHANTOM"
-        ds.Modality = "CT"
-        ds.Manufacturer = "Radnode synthetic"
-        ds.SeriesNumber = series_number
-        ds.SeriesDescription = "SYNTHETIC CHEST PHANTOM AXIAL"
-        ds.BodyPartExamined = "CHEST"
-        ds.InstanceNumber = k + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.PatientPosition = "HFS"
         position = np.asarray(volume.origin) + k * dz * normal
         ds.ImagePositionPatient = [_decimal(float(v)) for v in position]
@@ -374,19 +357,9 @@ def write_volume_series(
         ds.SliceThickness = _decimal(volume.slice_thickness_mm or dz)
         ds.SpacingBetweenSlices = _decimal(dz)
         ds.SliceLocation = _decimal(float(np.dot(position, normal)))
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = volume.shape[1], volume.shape[2]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
         ds.RescaleIntercept = RESCALE_INTERCEPT
-        ds.RescaleSlope = 1
-        ds.RescaleType = "HU"
         ds.WindowCenter = -600
         ds.WindowWidth = 1500
-        ds.KVP = 120
         np.subtract(
             np.clip(np.rint(volume.hu[k]), HU_MIN, HU_MAX),
             RESCALE_INTERCEPT,

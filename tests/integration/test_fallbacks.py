@@ -5,7 +5,6 @@ findings they show."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +35,7 @@ from node.results.fleischner import fleischner_2017
 from node.results.keyimages import AXIS_COLOR, BANNER_BACKGROUND
 from node.results.summary import NO_FINDINGS, TITLE
 from tests.helpers import dicom3tools, require_tool, run_tool
-from tests.results_helpers import make_encoding_input
+from tests.results_helpers import make_encoding_input, to_bytes, validator_messages, write
 
 # dciodvfy warnings we accept, each with its reason; any other warning fails the test.
 # - Device UID in our Contributing Equipment item: IHE AI Results asks for it to name
@@ -111,27 +110,6 @@ def written(
         "kos": [write(kos, folder / "kos.dcm")],
         "pdf": [write(build_summary(inp), folder / "summary.dcm")],
     }
-
-
-def write(ds: Dataset, path: Path) -> Path:
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def to_bytes(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def validator_messages(args: list[str]) -> tuple[set[str], set[str]]:
-    """The Error and Warning lines a dicom3tools validator printed."""
-    done = run_tool(args)
-    lines = {line.strip() for line in (done.stdout + done.stderr).splitlines()}
-    return (
-        {line for line in lines if line.startswith("Error")},
-        {line for line in lines if line.startswith("Warning")},
-    )
 
 
 def entity_warning(line: str) -> str:

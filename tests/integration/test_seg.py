@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,6 @@ import numpy.typing as npt
 import pydicom
 import pydicom.config
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from bench import lidc
@@ -25,8 +23,9 @@ from bench.accuracy import run_model
 from node.inference.package import ModelRegistry
 from node.results.context import PATIENT_STUDY_KEYWORDS, EncodingInput
 from node.results.seg import build_seg
-from tests.helpers import dicom3tools, run_tool
-from tests.results_helpers import REPO, make_encoding_input
+from tests.helpers import dicom3tools
+from tests.results_helpers import REPO, make_encoding_input, to_bytes, validator_messages, write
+from tests.results_helpers import strict_pydicom as strict_pydicom_settings
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -53,14 +52,9 @@ LIDC_NODULE_MM = (56.0, 86.0, -116.0)
 
 @pytest.fixture(autouse=True)
 def strict_pydicom() -> Iterator[None]:
-    """Invalid values (too long, wrong VR) raise while building and reading, as in
-    highdicom's own tests."""
-    settings = pydicom.config.settings
-    saved = settings.reading_validation_mode, settings.writing_validation_mode
-    settings.reading_validation_mode = pydicom.config.RAISE
-    settings.writing_validation_mode = pydicom.config.RAISE
-    yield
-    settings.reading_validation_mode, settings.writing_validation_mode = saved
+    """Invalid values raise while building and reading, as in highdicom's tests."""
+    with strict_pydicom_settings():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -68,27 +62,6 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> tuple[EncodingInput, Pa
     """The small phantom's result (two nodules and the lungs) and its source folder."""
     folder = tmp_path_factory.mktemp("phantom")
     return make_encoding_input(folder / "ct"), folder / "ct"
-
-
-def write(ds: Dataset, path: Path) -> Path:
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def to_bytes(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def validator_messages(args: list[str]) -> tuple[set[str], set[str]]:
-    """The Error and Warning lines a dicom3tools validator printed."""
-    done = run_tool(args)
-    lines = {line.strip() for line in (done.stdout + done.stderr).splitlines()}
-    return (
-        {line for line in lines if line.startswith("Error")},
-        {line for line in lines if line.startswith("Warning")},
-    )
 
 
 def expected_masks(inp: EncodingInput) -> list[BoolArray]:

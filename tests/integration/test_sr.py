@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +40,8 @@ from node.results.sr import (
     build_sr,
 )
 from tests.helpers import dicom3tools, pixelmed_sr_validator, run_tool
-from tests.results_helpers import make_encoding_input
+from tests.results_helpers import make_encoding_input, to_bytes, write
+from tests.results_helpers import strict_pydicom as strict_pydicom_settings
 
 # dciodvfy warnings we accept, each with its reason; any other warning fails the test.
 # - Device UID in the Contributing Equipment item: IHE AI Results asks for it to name
@@ -64,14 +64,9 @@ DCENTVFY_ALLOWED = {
 
 @pytest.fixture(scope="module", autouse=True)
 def strict_pydicom() -> Iterator[None]:
-    """Invalid values (too long, wrong VR) raise while building and reading, as in
-    highdicom's own tests."""
-    settings = pydicom.config.settings
-    saved = settings.reading_validation_mode, settings.writing_validation_mode
-    settings.reading_validation_mode = pydicom.config.RAISE
-    settings.writing_validation_mode = pydicom.config.RAISE
-    yield
-    settings.reading_validation_mode, settings.writing_validation_mode = saved
+    """Invalid values raise while building and reading, as in highdicom's tests."""
+    with strict_pydicom_settings():
+        yield
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,17 +117,6 @@ def pixelmed(cases: dict[str, Case], folder: Path) -> dict[str, str]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         done = dict(zip(commands, pool.map(run_tool, commands.values()), strict=True))
     return {name: run.stdout + run.stderr for name, run in done.items()}
-
-
-def write(ds: Dataset, path: Path) -> Path:
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def to_bytes(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def messages(output: str) -> tuple[set[str], set[str]]:
