@@ -48,6 +48,16 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _child_started(config: NodeConfig) -> threading.Event:
+    """Set up a child process of the supervisor; the event is set by SIGTERM or SIGINT."""
+    _die_with_parent()
+    configure_logging(config.logging.level, config.logging.format)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
 def _listener_process(
     config: NodeConfig,
     counter: Synchronized[int],
@@ -57,11 +67,7 @@ def _listener_process(
     ready: EventType,
 ) -> None:
     """Entry point of an extra listener process, accepting on the shared socket."""
-    _die_with_parent()
-    configure_logging(config.logging.level, config.logging.format)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = _child_started(config)
     store = open_store(config, write_lock)
     listener = DicomListener(
         config,
@@ -81,11 +87,7 @@ def _worker_process(
     config: NodeConfig, write_lock: WriteLock, number: int, ready: EventType
 ) -> None:
     """Entry point of a worker process: claims jobs and runs models until stopped."""
-    _die_with_parent()
-    configure_logging(config.logging.level, config.logging.format)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = _child_started(config)
     store = open_store(config, write_lock)
     registry = ModelRegistry.load(config.inference.resolved_models_dir())
     ready.set()
