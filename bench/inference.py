@@ -73,8 +73,8 @@ try:
     from bench import lidc
 except ImportError:  # python bench/inference.py: bench/ itself is on sys.path
     import lidc  # type: ignore[no-redef]
+from node.domain.volume import Volume
 from node.inference.volume import load_series_folder
-from node.inference.volume_types import Volume
 
 BoolArray = npt.NDArray[np.bool_]
 Shape = tuple[int, int, int, int]

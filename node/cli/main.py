@@ -13,7 +13,7 @@ from tqdm import tqdm
 from node import __version__
 from node.config import NodeConfig, load_config, resolve_config_path
 from node.domain import JobState
-from node.errors import ConfigError
+from node.errors import ConfigError, RadnodeError
 from node.export import Target, echo, parse_target, send_files
 from node.logs import configure_logging
 from node.store import StudySummary
@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
             help="the node's YAML configuration (default: $RADNODE_CONFIG, else config/node.yaml)",
         )
 
-    p = sub.add_parser("serve", help="run the node: DICOM listener and completion")
+    p = sub.add_parser(
+        "serve", help="run the node: DICOM listener, completion, routing and model workers"
+    )
     with_config(p)
 
     p = sub.add_parser("check-config", help="validate a configuration and summarise it")
@@ -98,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"radnode: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except RadnodeError as exc:  # a model that cannot run, a series it cannot use
+        print(f"radnode: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
 

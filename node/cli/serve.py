@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import os
 import signal
 import socket
 import sys
 import threading
+import time
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
 from types import FrameType
 
+import pydicom
 import structlog
 
 from node.assembly import CompletionSweeper
@@ -48,8 +52,21 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _pin_gpu(number: int) -> None:
+    """Give worker n the n-th NVIDIA GPU (round robin), unless IT chose with
+    CUDA_VISIBLE_DEVICES; must run before ONNX Runtime creates a CUDA session."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return
+    gpus = sorted(p.name for p in Path("/dev").glob("nvidia[0-9]*"))
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str((number - 1) % len(gpus))
+
+
 def _child_started(config: NodeConfig) -> threading.Event:
     """Set up a child process of the supervisor; the event is set by SIGTERM or SIGINT."""
+    # pydicom prints invalid values in its warnings (a malformed birth date, say):
+    # never in this node's logs.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     _die_with_parent()
     configure_logging(config.logging.level, config.logging.format)
     stop = threading.Event()
@@ -83,12 +100,17 @@ def _listener_process(
     store.close()
 
 
-def _worker_process(
-    config: NodeConfig, write_lock: WriteLock, number: int, ready: EventType
-) -> None:
-    """Entry point of a worker process: claims jobs and runs models until stopped."""
+def _worker_process(config: NodeConfig, number: int, ready: EventType) -> None:
+    """Entry point of a worker process: claims jobs and runs models until stopped.
+
+    Workers do not take the listeners' write lock: a worker may be killed (out of
+    memory, a crashing native library) and a lock held by a dead process is never
+    released, which would stop every write of the node. SQLite's own lock, which the
+    kernel releases when its holder dies, and its busy timeout order their writes.
+    """
+    _pin_gpu(number)
     stop = _child_started(config)
-    store = open_store(config, write_lock)
+    store = open_store(config, None)
     registry = ModelRegistry.load(config.inference.resolved_models_dir())
     ready.set()
     Worker(config, store, registry, number).run(stop)
@@ -175,11 +197,13 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
 
     worker_ready: dict[int, EventType] = {}  # kept referenced: the child unpickles them
 
+    worker_restarts: dict[int, tuple[int, float]] = {}  # number -> (restarts, not before)
+
     def start_worker(number: int) -> None:
         worker_ready[number] = context.Event()
         process = context.Process(
             target=_worker_process,
-            args=(config, write_lock, number, worker_ready[number]),
+            args=(config, number, worker_ready[number]),
             name=f"radnode-worker-{number}",
             daemon=True,
         )
@@ -248,8 +272,16 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
                 log.error("listener_process_died", listener=number, exit_code=process.exitcode)
                 start_child(number)
         for number, process in list(workers.items()):
-            if not process.is_alive():
+            if process.is_alive():
+                continue
+            restarts, not_before = worker_restarts.get(number, (0, 0.0))
+            if not_before == 0.0:
                 log.error("worker_process_died", worker=number, exit_code=process.exitcode)
+                # A worker that keeps dying (a broken model, no memory) is restarted
+                # after 1, 2, 4 ... 60 s, not in a tight loop.
+                worker_restarts[number] = (restarts + 1, time.monotonic() + min(60, 2**restarts))
+            elif time.monotonic() >= not_before:
+                worker_restarts[number] = (restarts, 0.0)
                 start_worker(number)
 
     listener.stop()
@@ -257,6 +289,12 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
         process.terminate()
     for process in [*children.values(), *workers.values()]:
         process.join(timeout=10)
+    for number, process in workers.items():
+        if process.is_alive():
+            # A model in the middle of a series: its lease brings the job back later.
+            log.warning("worker_killed_at_stop", worker=number)
+            process.kill()
+            process.join(timeout=5)
     sweep_thread.join()
     route_thread.join()
     store.close()

@@ -22,7 +22,7 @@ from pydicom.errors import InvalidDicomError
 from node.config import NodeConfig
 from node.domain import Job, JobState, ModelInfo, SeriesFacts
 from node.domain.volume import Volume
-from node.errors import ConfigError, InvalidInput, ModelError
+from node.errors import ConfigError, InvalidInput, ModelError, TransientError
 from node.inference.package import ModelRegistry
 from node.inference.pipelines import (
     InferenceResult,
@@ -42,6 +42,8 @@ from node.store.results import save_result
 log = structlog.get_logger("radnode.work")
 
 POLL_SECONDS = 0.5
+RETRY_BASE_SECONDS = 10.0
+RETRY_MAX_SECONDS = 600.0
 
 
 # -- routing ---------------------------------------------------------------------------
@@ -85,37 +87,51 @@ def route_pending(
     """Turn every complete, not yet routed series into jobs; return how many jobs."""
     created = 0
     for series_uid, _generation in queue.series_to_route():
-        found = queue.series_facts(series_uid)
-        if found is None:
-            continue
-        facts, sample = found
-        facts = enrich_facts(facts, store.path_of(sample) if sample else None)
-        matches = match_routes(config.routes, facts)
-        unmatched = {
-            route.name: reason
-            for route in config.routes
-            if (reason := explain_mismatch(route, facts)) is not None
-        }
-        jobs = queue.record_routing(facts, matches, now(), unmatched)
-        created += len(jobs)
-        for job in jobs:
-            log.info(
-                "job_created",
-                job_id=job.id,
-                study_uid=job.study_uid,
-                series_uid=job.series_uid,
-                route=job.route,
-                model=job.model,
-                priority=job.priority,
-            )
-        if not matches:
-            log.info(
-                "series_not_routed",
-                study_uid=facts.study_uid,
-                series_uid=series_uid,
-                reasons=unmatched or "no routes configured",
-            )
+        try:
+            created += _route_one(config, store, queue, series_uid, now)
+        except Exception:  # one unreadable series must not hold up the others
+            log.exception("routing_failed", series_uid=series_uid)
     return created
+
+
+def _route_one(
+    config: NodeConfig,
+    store: InstanceStore,
+    queue: JobQueue,
+    series_uid: str,
+    now: Callable[[], float],
+) -> int:
+    """Route one complete series; return how many jobs it made."""
+    found = queue.series_facts(series_uid)
+    if found is None:
+        return 0
+    facts, sample = found
+    facts = enrich_facts(facts, store.path_of(sample) if sample else None)
+    matches = match_routes(config.routes, facts)
+    unmatched = {
+        route.name: reason
+        for route in config.routes
+        if (reason := explain_mismatch(route, facts)) is not None
+    }
+    jobs = queue.record_routing(facts, matches, now(), unmatched)
+    for job in jobs:
+        log.info(
+            "job_created",
+            job_id=job.id,
+            study_uid=job.study_uid,
+            series_uid=job.series_uid,
+            route=job.route,
+            model=job.model,
+            priority=job.priority,
+        )
+    if not matches:
+        log.info(
+            "series_not_routed",
+            study_uid=facts.study_uid,
+            series_uid=series_uid,
+            reasons=unmatched or "no routes configured",
+        )
+    return len(jobs)
 
 
 # -- workers ---------------------------------------------------------------------------
@@ -197,10 +213,12 @@ class Worker:
         self.store = store
         self.queue = JobQueue(store.index)
         self.registry = registry
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:w{number}"
+        # Fits jobs.lease_owner (64 characters) however long the host name is.
+        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:w{number}"
         self.number = number
         self._clock = clock
         self._pipelines: dict[str, Pipeline] = {}
+        self._lease_lost = threading.Event()
 
     def pipeline(self, model: str) -> Pipeline:
         """The model's pipeline, built on first use and kept warm."""
@@ -214,8 +232,8 @@ class Worker:
         for model in sorted({route.model for route in self.config.routes}):
             try:
                 self.pipeline(model)
-            except (ConfigError, ModelError) as exc:
-                log.error("model_unavailable", model=model, worker=self.number, reason=str(exc))
+            except Exception:  # a broken package must not stop the other models
+                log.exception("model_unavailable", model=model, worker=self.number)
 
     def run_once(self) -> Job | None:
         """Claim one job and run it; None when there was nothing to do."""
@@ -228,6 +246,7 @@ class Worker:
         fields = {"job_id": job.id, "series_uid": job.series_uid, "model": job.model}
         log.info("job_claimed", worker=self.number, pid=os.getpid(), attempt=job.attempts, **fields)
         stop_renewing = threading.Event()
+        self._lease_lost = threading.Event()
         renewer = threading.Thread(
             target=self._renew, args=(job.id, stop_renewing), name="lease", daemon=True
         )
@@ -240,10 +259,17 @@ class Worker:
         return self.queue.get(job.id)
 
     def _renew(self, job_id: str, stop: threading.Event) -> None:
+        """Renew the lease until the job ends; a lease lost is flagged, never ignored."""
         lease = self.config.inference.lease_seconds
         while not stop.wait(lease / 3):
-            if not self.queue.renew(job_id, self.owner, lease, self._clock()):
+            try:
+                renewed = self.queue.renew(job_id, self.owner, lease, self._clock())
+            except Exception:  # the index busy or the disk failing: try again next time
+                log.exception("job_lease_renewal_failed", job_id=job_id, worker=self.number)
+                continue
+            if not renewed:
                 log.warning("job_lease_lost", job_id=job_id, worker=self.number)
+                self._lease_lost.set()
                 return
 
     def _run(self, job: Job, fields: dict[str, str]) -> None:
@@ -261,7 +287,7 @@ class Worker:
             self.queue.finish(job.id, self.owner, JobState.REJECTED, now(), reason=exc.reason)
             log.warning("series_rejected", reason=exc.reason, **fields)
             return
-        except (OSError, InvalidInput) as exc:  # a file gone or unreadable: try again later
+        except (OSError, TransientError, InvalidInput) as exc:  # unreadable now: try later
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._fail(job, f"cannot read the series: {reason}", fields)
             return
@@ -294,19 +320,27 @@ class Worker:
             log.exception("encoding_failed", **fields)
             self._fail(job, f"encoding the results failed: {type(exc).__name__}: {exc}", fields)
             return
+        if self._lease_lost.is_set():
+            # Another worker may own the job now; it writes the same files (same UIDs).
+            log.warning("job_lease_lost_before_writing", **fields)
+            return
         relpath = f"{RESULTS_DIR}/{job.id}"
-        write_outputs(self.store.root / relpath / OUTPUTS_DIR, outputs)
         meta = result_payload(volume, result)
         meta["outputs"] = [o.describe() for o in outputs]
         meta["encode_timings"] = {k: round(v, 4) for k, v in encode_timings.items()}
-        save_result(
-            self.store.root,
-            job.id,
-            findings=[f.as_json() for f in result.findings],
-            masks=result.segments,
-            labels={"findings": result.findings_labels},
-            meta=meta,
-        )
+        try:
+            write_outputs(self.store.root / relpath / OUTPUTS_DIR, outputs)
+            save_result(
+                self.store.root,
+                job.id,
+                findings=[f.as_json() for f in result.findings],
+                masks=result.segments,
+                labels={"findings": result.findings_labels},
+                meta=meta,
+            )
+        except OSError as exc:
+            self._fail(job, f"cannot write the results: {exc.strerror or exc}", fields)
+            return
         detail["outputs"] = len(outputs)
         if self.queue.finish(
             job.id, self.owner, JobState.ENCODED, now(), result_relpath=relpath, detail=detail
@@ -351,8 +385,13 @@ class Worker:
             self.queue.finish(job.id, self.owner, JobState.FAILED, now, reason=reason)
             log.error("job_failed", reason=reason, attempts=job.attempts, **fields)
         else:
-            self.queue.release_for_retry(job.id, self.owner, reason, now)
-            log.warning("job_retry", reason=reason, attempts=job.attempts, **fields)
+            # Exponential backoff, so that a passing problem (a disk full for a while, a
+            # GPU out of memory) does not use up every attempt within seconds.
+            delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (job.attempts - 1))
+            self.queue.release_for_retry(job.id, self.owner, reason, now, delay)
+            log.warning(
+                "job_retry", reason=reason, attempts=job.attempts, delay_seconds=delay, **fields
+            )
 
     def run(self, stop: threading.Event) -> None:
         """Work until `stop` is set."""

@@ -194,6 +194,11 @@ class Destination(_Section):
     @field_validator("outputs")
     @classmethod
     def _unique_outputs(cls, value: list[OutputName]) -> list[OutputName]:
+        if "sr" in value and "seg" not in value:
+            raise ValueError(
+                "sr without seg: the SR's measurements point at the SEG's segments; add seg "
+                "or remove sr"
+            )
         return list(dict.fromkeys(value))
 
 
@@ -320,7 +325,9 @@ ProviderName = Literal["tensorrt", "cuda", "cpu"]
 
 
 def _default_providers() -> list[ProviderName]:
-    return ["tensorrt", "cuda", "cpu"]
+    # TensorRT builds an engine per input shape; the lung crop changes shape from one
+    # slice group to the next, so it is opt-in, for models with fixed input shapes.
+    return ["cuda", "cpu"]
 
 
 class InferenceSettings(_Section):
@@ -329,7 +336,7 @@ class InferenceSettings(_Section):
     models_dir: Path | None = Field(
         None,
         description="the folder holding one folder per model package (model.yaml inside); "
-        "unset means the models/ folder shipped with Radnode",
+        "unset means the models/ folder of the checkout Radnode runs from, else ./models",
     )
     workers: int = Field(
         1,
@@ -342,7 +349,8 @@ class InferenceSettings(_Section):
         default_factory=_default_providers,
         min_length=1,
         description="ONNX Runtime execution providers to try, in order: tensorrt, cuda, cpu; "
-        "the first that works runs the model",
+        "the first that works runs the model (tensorrt suits models with fixed input shapes: "
+        "it builds an engine for every new shape)",
     )
     intra_op_threads: int = Field(
         0,

@@ -45,7 +45,7 @@ UInt16Array = npt.NDArray[np.uint16]
 class RuntimeSettings:
     """How sessions are made: provider order, threads, batch size."""
 
-    providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
+    providers: tuple[str, ...] = ("cuda", "cpu")
     intra_op_threads: int = 0
     batch_slices: int = 4
 
@@ -73,6 +73,7 @@ def requirements_of(package: ModelPackage) -> SeriesRequirements:
     inputs = package.inputs
     return SeriesRequirements(
         modalities=tuple(m.upper() for m in inputs.modality),
+        body_parts=tuple(b.upper() for b in inputs.body_part),
         min_slices=inputs.min_slices,
         max_slice_thickness_mm=inputs.max_slice_thickness_mm,
         min_matrix=inputs.min_matrix,

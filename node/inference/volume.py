@@ -36,7 +36,7 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
 from node.domain.volume import Volume
-from node.errors import InvalidInput
+from node.errors import InvalidInput, TransientError
 
 log = structlog.get_logger("radnode.inference")
 
@@ -84,6 +84,9 @@ class SeriesRequirements:
     """
 
     modalities: tuple[str, ...] = ()
+    # BodyPartExamined values accepted; an empty attribute passes (many scanners leave
+    # it empty), a different value rejects.
+    body_parts: tuple[str, ...] = ()
     min_slices: int = 1
     max_slice_thickness_mm: float | None = None
     min_matrix: int | None = None
@@ -220,6 +223,16 @@ def _check_kind(datasets: Sequence[Dataset], req: SeriesRequirements, count: int
         if refused:
             shown = "/".join(m or "(missing)" for m in refused)
             raise SeriesRejected(f"Modality {shown}; the model accepts {', '.join(req.modalities)}")
+    if req.body_parts:
+        parts = sorted(
+            {str(ds.get("BodyPartExamined", "") or "").strip().upper() for ds in datasets}
+        )
+        refused = [p for p in parts if p and p not in req.body_parts]
+        if refused:
+            raise SeriesRejected(
+                f"BodyPartExamined {'/'.join(refused)}; the model accepts "
+                f"{', '.join(req.body_parts)}"
+            )
     for ds in datasets:
         samples = _int_or_none(ds.get("SamplesPerPixel")) or 1
         if samples != 1:
@@ -452,8 +465,8 @@ def _read_header(path: Path, index: int, count: int) -> Dataset:
         return dcmread(path, stop_before_pixels=True)
     except InvalidDicomError as exc:
         raise SeriesRejected(f"file {index + 1} of {count} is not DICOM: {exc}") from exc
-    except OSError as exc:
-        raise InvalidInput(f"file {index + 1} of {count} cannot be read: {exc}") from exc
+    except OSError as exc:  # the file, not the series, is the problem: try again later
+        raise TransientError(f"file {index + 1} of {count} cannot be read: {exc}") from exc
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise SeriesRejected(
             f"could not read the header of file {index + 1} of {count}: {type(exc).__name__}: {exc}"
@@ -502,6 +515,10 @@ def _decode_into(out: npt.NDArray[np.float32], path: Path, header: Dataset) -> N
             stored = dcmread(path).pixel_array
         else:
             stored = pixel_array(path)
+    except (OSError, MemoryError) as exc:  # the machine, not the data: try again later
+        raise TransientError(
+            f"could not read the pixel data of SOPInstanceUID {sop_uid}: {type(exc).__name__}"
+        ) from exc
     except Exception as exc:  # decoders raise many types on corrupt or unknown data
         if _has_no_pixel_data(path):
             raise SeriesRejected(f"no pixel data (SOPInstanceUID {sop_uid})") from exc

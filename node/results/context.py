@@ -26,6 +26,8 @@ ALL_OUTPUTS: tuple[OutputKind, ...] = ("seg", "sr", "sc", "kos", "pdf")
 DecisionSupport = Literal["fleischner-2017", "none"]
 
 MANUFACTURER = "Radnode"
+# IHE AI Results: the purpose of reference of the algorithm's Contributing Equipment.
+PROCESSING_ALGORITHM = ("Newcode1", "99IHE", "Processing Algorithm")
 UNVERIFIED = "AI-generated, not verified by a radiologist"
 # Series numbers for results start here, skipping any the source study uses.
 FIRST_RESULT_SERIES_NUMBER = 9001
@@ -133,9 +135,7 @@ def contributing_equipment(model: ModelInfo) -> DicomSequence:
     """The Contributing Equipment item IHE AIR asks for: the algorithm that made it."""
     item = Dataset()
     purpose = Dataset()
-    purpose.CodeValue = "Newcode1"
-    purpose.CodingSchemeDesignator = "99IHE"
-    purpose.CodeMeaning = "Processing Algorithm"
+    purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning = PROCESSING_ALGORITHM
     item.PurposeOfReferenceCodeSequence = DicomSequence([purpose])
     item.Manufacturer = MANUFACTURER
     item.ManufacturerModelName = model.name[:64]

@@ -1,17 +1,14 @@
 """Build every output a job's destinations ask for, and keep them on disk.
 
 The SEG comes first (the SR references its segments), then the SR, the key images,
-the KOS (which flags the key source slices and references the other objects) and
-the summary. Files are written durably under the job's result folder, one per
-object, named by kind; their UIDs are deterministic, so a job run again writes the
-same objects.
+the KOS (which flags the key source slices) and the summary. Files are written
+durably under the job's result folder, one per object, named by kind; their UIDs are
+deterministic, so a job run again writes the same objects.
 """
 
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -23,6 +20,8 @@ from node.results.context import ALL_OUTPUTS, EncodingInput, OutputKind
 from node.results.fallbacks import build_key_images, build_kos, build_summary
 from node.results.seg import build_seg
 from node.results.sr import build_sr
+from node.store.files import fsync_dir
+from node.store.results import write_file_durably
 
 OUTPUTS_DIR = "dicom"
 
@@ -78,7 +77,9 @@ def encode(
             )
     if "kos" in wanted:
         started = time.perf_counter()
-        kos = build_kos(inp, [o.dataset for o in outputs])
+        # Only the source slices: a destination may receive the KOS without the other
+        # outputs, and a reference to an object it never gets would dangle.
+        kos = build_kos(inp, [])
         timed("kos", started)
         if kos is not None:
             outputs.append(Output("kos", kos, "kos.dcm"))
@@ -90,24 +91,16 @@ def encode(
 
 
 def write_outputs(folder: Path, outputs: list[Output]) -> None:
-    """Write each object as a Part 10 file: temporary name, fsync, rename; then the
-    folder is fsynced, so every file named in result.json is on disk whole."""
+    """Write each object as a Part 10 file, durably (temporary name, fsync, rename), and
+    remove files an earlier run of the job left that this one did not write; then the
+    folder is fsynced, so the folder holds exactly the objects result.json lists."""
     folder.mkdir(parents=True, exist_ok=True)
     for output in outputs:
         buffer = io.BytesIO()
         output.dataset.save_as(buffer, enforce_file_format=True)
-        fd, temp = tempfile.mkstemp(prefix=".partial-", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(buffer.getvalue())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, folder / output.filename)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        write_file_durably(folder, output.filename, buffer.getvalue())
+    wanted = {output.filename for output in outputs}
+    for stale in folder.iterdir():
+        if stale.is_file() and stale.name not in wanted:
+            stale.unlink()
+    fsync_dir(folder)

@@ -95,8 +95,8 @@ def build_seg(inp: EncodingInput, *, transfer_syntax: str = ExplicitVRLittleEndi
 
 
 def check_source_geometry(inp: EncodingInput) -> None:
-    """Each source header must sit where the volume puts slice k, so that frame k of
-    the SEG lies on the image it references; ValueError names the first slice off."""
+    """Each source header must be slice k of the volume, so that frame k of the SEG lies
+    on the image it references; ValueError names the first slice off."""
     volume = inp.volume
     slices, rows, columns = volume.shape
     if len(inp.sources) != slices:
@@ -112,6 +112,7 @@ def check_source_geometry(inp: EncodingInput) -> None:
     orientation = np.array([*volume.row_direction, *volume.column_direction])
     spacing = np.array(volume.spacing[1:])
     expected = volume.to_patient([(k, 0, 0) for k in range(slices)])
+    normal = np.asarray(volume.slice_direction)
     for k, header in enumerate(inp.sources):
         if volume.sop_instance_uids and header.SOPInstanceUID != volume.sop_instance_uids[k]:
             raise ValueError(
@@ -124,7 +125,14 @@ def check_source_geometry(inp: EncodingInput) -> None:
                 f"{rows} x {columns} (checked against the source geometry)"
             )
         offset = np.asarray(header.ImagePositionPatient, dtype=np.float64) - expected[k]
-        if np.abs(offset).max() > POSITION_TOLERANCE_MM:
+        # Along the normal a slice may sit off the volume's regular grid by as much as
+        # the volume accepted (under half a step); each SEG frame takes its position
+        # from its own source image, so that is harmless. Across the slice it is not.
+        along = float(offset @ normal)
+        across = offset - along * normal
+        if abs(along) > 0.5 * volume.spacing[0] + POSITION_TOLERANCE_MM or (
+            np.abs(across).max() > 0.5 * min(spacing) + POSITION_TOLERANCE_MM
+        ):
             shift = ", ".join(f"{v:+.3f}" for v in offset)
             raise ValueError(
                 f"source slice {k} is off its volume position by ({shift}) mm "

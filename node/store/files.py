@@ -123,6 +123,15 @@ def iter_instance_files(root: Path) -> Iterator[str]:
             yield os.path.relpath(entry.path, root).replace(os.sep, "/")
 
 
+def _walk_files(folder: str) -> Iterator[os.DirEntry[str]]:
+    """Every file below `folder`, at any depth (a job's result has a dicom/ folder)."""
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk_files(entry.path)
+        else:
+            yield entry
+
+
 def remove_partial_files(root: Path) -> int:
     """Delete temporary files left by a crash; they were never acknowledged."""
     removed = 0
@@ -134,7 +143,7 @@ def remove_partial_files(root: Path) -> int:
     if results.is_dir():
         for job in os.scandir(results):
             if job.is_dir(follow_symlinks=False):
-                entries.extend(os.scandir(job.path))
+                entries.extend(_walk_files(job.path))
     for entry in entries:
         if entry.name.startswith(TEMP_MARK):
             os.unlink(entry.path)

@@ -14,7 +14,9 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from sqlalchemy import (
+    Column,
     Connection,
     Engine,
     and_,
@@ -24,13 +26,17 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    inspect,
     select,
     update,
 )
+from sqlalchemy.schema import CreateColumn
 
 from node.domain import InstanceHeader, SeriesState, StoreOutcome, StudyState
-from node.errors import InvalidInput
+from node.errors import ConfigError, InvalidInput
 from node.store.schema import events, instances, metadata, series, studies
+
+log = structlog.get_logger("radnode.store")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -142,6 +148,62 @@ class StudySummary:
     series: tuple[SeriesSummary, ...]
 
 
+class SchemaUpgradeError(ConfigError):
+    """The index database lacks a column that cannot be added in place."""
+
+
+def upgrade_schema(engine: Engine) -> list[tuple[str, str]]:
+    """Add the columns of `metadata` that the database's existing tables lack.
+
+    `metadata.create_all` creates missing tables but never alters existing ones, so
+    an index written by an older release would lack the columns added since. Each
+    missing column is added with its type compiled for the engine's dialect and its
+    server default (which fills the rows already there), all in one transaction:
+    either every column is added or none. On a current database this is one column
+    listing per table. Returns the (table, column) pairs added.
+    """
+    added: list[tuple[str, str]] = []
+    preparer = engine.dialect.identifier_preparer
+    with engine.begin() as conn:
+        inspector = inspect(conn)
+        for table in metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                _check_addable(table.name, column)
+                spec = CreateColumn(column).compile(dialect=engine.dialect)
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {spec}"
+                )
+                added.append((table.name, column.name))
+                if (table.name, column.name) == ("series", "routed_generation"):
+                    # A release without routing knew no routes: its complete series
+                    # count as routed, so that an upgrade does not run today's models
+                    # on every past study and send results for them.
+                    conn.execute(update(series).values(routed_generation=series.c.generation))
+    for table_name, column_name in added:
+        log.info("schema_column_added", table=table_name, column=column_name)
+    return added
+
+
+def _check_addable(table: str, column: Column[Any]) -> None:
+    """Refuse a column that ALTER TABLE ADD COLUMN cannot add to rows already there."""
+    problem = None
+    if column.primary_key:
+        problem = "is part of the primary key"
+    elif column.foreign_keys:
+        problem = "has a foreign key"
+    elif not column.nullable and column.server_default is None:
+        problem = "is NOT NULL without a server default"
+    if problem:
+        raise SchemaUpgradeError(
+            f"the index database lacks column {table}.{column.name}, which {problem}, so "
+            "it cannot be added in place; add it by hand (ALTER TABLE ... ADD COLUMN, with a "
+            "value for the rows already there) before starting this version"
+        )
+
+
 def _make_engine(url: str, begin: str) -> Engine:
     is_sqlite = url.startswith("sqlite")
     engine = create_engine(
@@ -187,7 +249,10 @@ class InstanceIndex:
         self._write_lock: WriteLock = (
             write_lock if write_lock is not None and is_sqlite else nullcontext()
         )
-        metadata.create_all(self._writer)
+        # An index written by an older release gains the columns added since.
+        with self._write_lock:
+            metadata.create_all(self._writer)
+            upgrade_schema(self._writer)
         # The per-instance fast path: one raw connection per process, used under a
         # thread lock (SQLite admits one writer at a time anyway).
         dialect = self._writer.dialect

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, exists, insert, or_, select, update
 
 from node.domain import Job, JobState, RouteMatch, SeriesFacts, SeriesState
 from node.store.index import InstanceIndex
@@ -243,9 +243,21 @@ class JobQueue:
                     .values(state=JobState.FAILED, reason=reason, lease_owner=None, updated_at=now)
                 )
                 _event(conn, now, "job_failed", row, {"reason": reason})
+            # A pending job waits out its retry delay (kept in lease_expires_at), and
+            # runs only on the generation of its series that is complete now: a series
+            # reopened by a late instance waits until it is complete again.
+            pending = and_(
+                jobs.c.state == JobState.PENDING,
+                or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at <= now),
+            )
+            current = exists().where(
+                series.c.series_uid == jobs.c.series_uid,
+                series.c.generation == jobs.c.generation,
+                series.c.state == SeriesState.COMPLETE,
+            )
             next_row = conn.execute(
                 select(jobs)
-                .where(or_(jobs.c.state == JobState.PENDING, expired))
+                .where(or_(pending, expired), current)
                 .order_by(jobs.c.priority.desc(), jobs.c.created_at)
                 .limit(1)
                 .with_for_update(skip_locked=True)
@@ -328,8 +340,10 @@ class JobQueue:
             _event(conn, now, f"job_{state.value}", row, {**(detail or {}), "reason": reason})
         return True
 
-    def release_for_retry(self, job_id: str, owner: str, reason: str, now: float) -> bool:
-        """Give a job back after a transient failure, so that it runs again."""
+    def release_for_retry(
+        self, job_id: str, owner: str, reason: str, now: float, delay_seconds: float = 0.0
+    ) -> bool:
+        """Give a job back after a transient failure, to run again after `delay_seconds`."""
         with self.index.write_transaction() as conn:
             row = conn.execute(
                 select(jobs).where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
@@ -343,11 +357,18 @@ class JobQueue:
                     state=JobState.PENDING,
                     reason=reason,
                     lease_owner=None,
-                    lease_expires_at=None,
+                    # For a pending job this column holds "not before": the retry delay.
+                    lease_expires_at=now + delay_seconds if delay_seconds > 0 else None,
                     updated_at=now,
                 )
             )
-            _event(conn, now, "job_retry", row, {"reason": reason, "attempt": row.attempts})
+            _event(
+                conn,
+                now,
+                "job_retry",
+                row,
+                {"reason": reason, "attempt": row.attempts, "delay_seconds": delay_seconds},
+            )
         return True
 
     # -- listings --------------------------------------------------------------------

@@ -34,7 +34,8 @@ class StoredResult:
     meta: dict[str, Any]
 
 
-def _write_durably(folder: Path, name: str, data: bytes) -> None:
+def write_file_durably(folder: Path, name: str, data: bytes) -> None:
+    """Write `data` to folder/name: temporary name, fsync, rename (fsync the folder after)."""
     fd, temp = tempfile.mkstemp(prefix=TEMP_MARK, dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -80,9 +81,9 @@ def write_result(
     for name, array in labels.items():
         packed[f"labels:{name}"] = array
     np.savez_compressed(buffer, **packed)  # type: ignore[arg-type]
-    _write_durably(folder, "arrays.npz", buffer.getvalue())
-    _write_durably(folder, "findings.json", json.dumps(findings, indent=1).encode())
-    _write_durably(folder, "result.json", json.dumps(meta, indent=1).encode())
+    write_file_durably(folder, "arrays.npz", buffer.getvalue())
+    write_file_durably(folder, "findings.json", json.dumps(findings, indent=1).encode())
+    write_file_durably(folder, "result.json", json.dumps(meta, indent=1).encode())
     fsync_dir(folder)
     fsync_dir(folder.parent)
 

@@ -3,6 +3,11 @@
 Portable SQL only (SQLAlchemy Core, no dialect-specific statements), so the same
 schema runs on SQLite for one node and on PostgreSQL for several. Times are
 seconds since the epoch (UTC) as floats.
+
+Existing databases gain new columns at start-up (`node.store.index.upgrade_schema`),
+so a column added after a release must be nullable, or NOT NULL with a
+`server_default` that fills the rows already there. Every NOT NULL column with a
+Python-side default has the same `server_default`, so any of them can be added.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ studies = Table(
     Column("study_uid", UID, primary_key=True),
     Column("state", String(16), nullable=False),
     Column("source", String(64)),
-    Column("instance_count", Integer, nullable=False, default=0),
+    Column("instance_count", Integer, nullable=False, default=0, server_default="0"),
     Column("first_received_at", Float, nullable=False),
     Column("last_received_at", Float, nullable=False),
     Column("completed_at", Float),
@@ -47,13 +52,13 @@ series = Table(
     Column("series_uid", UID, primary_key=True),
     Column("study_uid", UID, ForeignKey("studies.study_uid"), nullable=False),
     Column("state", String(16), nullable=False),
-    Column("generation", Integer, nullable=False, default=1),
+    Column("generation", Integer, nullable=False, default=1, server_default="1"),
     Column("source", String(64)),
     Column("modality", String(16)),
     Column("series_number", Integer),
     Column("series_description", String(64)),
     Column("body_part", String(16)),
-    Column("instance_count", Integer, nullable=False, default=0),
+    Column("instance_count", Integer, nullable=False, default=0, server_default="0"),
     Column("first_received_at", Float, nullable=False),
     Column("last_received_at", Float, nullable=False),
     Column("completed_at", Float),
@@ -76,7 +81,7 @@ instances = Table(
     Column("relpath", String(255), nullable=False),
     Column("size_bytes", Integer, nullable=False),
     Column("sha256", String(64), nullable=False),
-    Column("version", Integer, nullable=False, default=1),
+    Column("version", Integer, nullable=False, default=1, server_default="1"),
     Column("source", String(64)),
     Column("calling_ae", String(16)),
     Column("received_at", Float, nullable=False),
@@ -89,14 +94,14 @@ jobs = Table(
     Column("id", String(36), primary_key=True),
     Column("study_uid", UID, nullable=False),
     Column("series_uid", UID, nullable=False),
-    Column("generation", Integer, nullable=False, default=1),
+    Column("generation", Integer, nullable=False, default=1, server_default="1"),
     Column("route", String(64), nullable=False),
     Column("model", String(64), nullable=False),
     Column("send_to", Text),  # JSON list of destination names
     Column("state", String(16), nullable=False),
     Column("reason", Text),
-    Column("priority", Integer, nullable=False, default=0),
-    Column("attempts", Integer, nullable=False, default=0),
+    Column("priority", Integer, nullable=False, default=0, server_default="0"),
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
     Column("lease_owner", String(64)),
     Column("lease_expires_at", Float),
     Column("result_relpath", String(255)),  # under <root>/results/, once encoded

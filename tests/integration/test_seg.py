@@ -298,15 +298,39 @@ def test_jpeg_2000_lossless_decodes_to_the_same_masks(
 def test_a_source_off_its_volume_position_is_refused_naming_the_slice(
     phantom: tuple[EncodingInput, Path],
 ) -> None:
-    # Given a result whose source slice 7 header sits 1 mm off where the volume says
+    # Given a result whose source slice 7 header sits 1 mm off across the slice (a
+    # shear the volume would have refused), or 1.5 mm along it (over half the 2.5 mm step)
+    inp, _ = phantom
+    for shift, text in (([1.0, 0, 0], r"\(\+1\.000, \+0\.000, \+0\.000\)"),
+                        ([0, 0, 1.5], r"\(\+0\.000, \+0\.000, \+1\.500\)")):  # fmt: skip
+        moved = copy.deepcopy(inp.sources[7])
+        moved.ImagePositionPatient = [
+            float(v) + d for v, d in zip(moved.ImagePositionPatient, shift, strict=True)
+        ]
+        shifted = dataclasses.replace(inp, sources=(*inp.sources[:7], moved, *inp.sources[8:]))
+        # When it is encoded, then it is refused, naming the slice and the offset
+        with pytest.raises(ValueError, match=rf"source slice 7 .*{text} mm.*source geometry"):
+            build_seg(shifted)
+
+
+def test_a_slice_a_little_off_the_regular_grid_is_encoded(
+    phantom: tuple[EncodingInput, Path],
+) -> None:
+    # Given a source slice 0.3 mm off the volume's grid along the normal, which the
+    # volume accepted (under half a step); its frame takes its own position
     inp, _ = phantom
     moved = copy.deepcopy(inp.sources[7])
     x, y, z = (float(v) for v in moved.ImagePositionPatient)
-    moved.ImagePositionPatient = [x, y, z + 1.0]
+    moved.ImagePositionPatient = [x, y, z + 0.3]
     shifted = dataclasses.replace(inp, sources=(*inp.sources[:7], moved, *inp.sources[8:]))
-    # When it is encoded, then it is refused, naming the slice and the offset
-    with pytest.raises(ValueError, match=r"source slice 7 .*\+1\.000\) mm.*source geometry"):
-        build_seg(shifted)
+    # When it is encoded, then the SEG is built and frame positions follow the sources
+    seg = build_seg(shifted)
+    positions = {
+        str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID):
+        float(item.PlanePositionSequence[0].ImagePositionPatient[2])
+        for item in seg.PerFrameFunctionalGroupsSequence
+    }  # fmt: skip
+    assert positions[str(moved.SOPInstanceUID)] == pytest.approx(z + 0.3)  # lung is there
 
 
 def test_a_finding_without_voxels_is_refused(phantom: tuple[EncodingInput, Path]) -> None:

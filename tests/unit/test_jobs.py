@@ -382,3 +382,27 @@ def test_get_takes_the_prefix_literally(index: InstanceIndex, queue: JobQueue) -
     one_job(queue, complete_series(index, "1.2.3.1", 100), 200)
     assert queue.get("%" * 8) is None
     assert queue.get("_" * 8) is None
+
+
+def test_a_waiting_job_is_not_run_while_its_series_receives_again(
+    index: InstanceIndex, queue: JobQueue
+) -> None:
+    # Given a routed series whose job waits, and a late instance that reopens the series
+    one_job(queue, complete_series(index, "1.2.3.1", 100), 200)
+    receive(index, "1.2.3.1", 1, now=300, first=4)
+    # When a worker looks for work while the series is receiving
+    # Then the old job is not handed out: it would run on a partial series
+    assert queue.claim("w1", LEASE, now=310, max_attempts=3) is None
+
+
+def test_a_job_given_back_waits_out_its_retry_delay(index: InstanceIndex, queue: JobQueue) -> None:
+    # Given a job whose first attempt failed for a passing reason, with a 10 s delay
+    job = one_job(queue, complete_series(index, "1.2.3.1", 100), 200)
+    assert queue.claim("w1", LEASE, now=300, max_attempts=3) is not None
+    assert queue.release_for_retry(job.id, "w1", "disk full", now=310, delay_seconds=10)
+    # Then it is not claimed before the delay is over, and is claimed after it
+    assert queue.claim("w1", LEASE, now=315, max_attempts=3) is None
+    again = queue.claim("w1", LEASE, now=321, max_attempts=3)
+    assert again is not None and (again.id, again.attempts) == (job.id, 2)
+    [event] = index.events("job_retry")
+    assert event["detail"]["delay_seconds"] == 10

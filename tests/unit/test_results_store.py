@@ -119,3 +119,40 @@ def test_a_temporary_result_file_left_by_a_crash_is_removed_at_start(tmp_path: P
     # Then the leftover is gone and the result itself is intact
     assert removed == 1 and not leftover.exists()
     assert load_result(tmp_path, relpath).meta == sample()["meta"]
+
+
+def test_temporary_files_deep_in_a_result_are_removed_at_start(tmp_path: Path) -> None:
+    # Given a crash while a job's DICOM outputs were being written
+    dicom = tmp_path / "results" / "job1" / "dicom"
+    dicom.mkdir(parents=True)
+    (dicom / ".partial-abc").write_bytes(b"half")
+    (dicom / "sr.dcm").write_bytes(b"whole")
+    # When the node starts, then the partial file is gone and the whole one stays
+    assert remove_partial_files(tmp_path) == 1
+    assert sorted(p.name for p in dicom.iterdir()) == ["sr.dcm"]
+
+
+def test_writing_outputs_again_leaves_only_this_runs_objects(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from node.results.encode import Output, write_outputs
+
+    def obj() -> Dataset:
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesInstanceUID = generate_uid()
+        return ds
+
+    # Given a first run that wrote an SR and a KOS
+    folder = tmp_path / "dicom"
+    write_outputs(folder, [Output("sr", obj(), "sr.dcm"), Output("kos", obj(), "kos.dcm")])
+    # When the job runs again and writes only the SR (the profile changed)
+    write_outputs(folder, [Output("sr", obj(), "sr.dcm")])
+    # Then only the SR is there: the folder holds exactly what result.json will list
+    assert sorted(p.name for p in folder.iterdir()) == ["sr.dcm"]

@@ -346,6 +346,15 @@ def test_a_wrong_modality_is_rejected(tmp_path: Path) -> None:
     )
 
 
+def test_another_body_part_is_rejected_and_an_empty_one_passes(tmp_path: Path) -> None:
+    paths = series(tmp_path, slices=3)
+    chest = SeriesRequirements(body_parts=("CHEST", "LUNG"))
+    edit_all(paths, lambda _i, ds: setattr(ds, "BodyPartExamined", "HEAD"))
+    assert rejected(paths, chest) == "BodyPartExamined HEAD; the model accepts CHEST, LUNG"
+    edit_all(paths, lambda _i, ds: setattr(ds, "BodyPartExamined", ""))
+    assert load_series(paths, chest).shape[0] == 3
+
+
 def test_duplicate_positions_are_rejected(tmp_path: Path) -> None:
     paths = series(tmp_path, slices=6)
     edit(
