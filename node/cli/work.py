@@ -341,6 +341,10 @@ class Worker:
         except OSError as exc:
             self._fail(job, f"cannot write the results: {exc.strerror or exc}", fields)
             return
+        except Exception as exc:  # a result pydicom refuses to write must not stop the worker
+            log.exception("writing_results_failed", **fields)
+            self._fail(job, f"writing the results failed: {type(exc).__name__}: {exc}", fields)
+            return
         detail["outputs"] = len(outputs)
         if self.queue.finish(
             job.id, self.owner, JobState.ENCODED, now(), result_relpath=relpath, detail=detail

@@ -20,7 +20,7 @@ from node.results.context import ALL_OUTPUTS, EncodingInput, OutputKind
 from node.results.fallbacks import build_key_images, build_kos, build_summary
 from node.results.seg import build_seg
 from node.results.sr import build_sr
-from node.store.files import fsync_dir
+from node.store.files import TEMP_MARK, fsync_dir
 from node.store.results import write_file_durably
 
 OUTPUTS_DIR = "dicom"
@@ -101,6 +101,8 @@ def write_outputs(folder: Path, outputs: list[Output]) -> None:
         write_file_durably(folder, output.filename, buffer.getvalue())
     wanted = {output.filename for output in outputs}
     for stale in folder.iterdir():
-        if stale.is_file() and stale.name not in wanted:
+        # Finished objects of an earlier run only: a temporary file may belong to a
+        # worker still writing (the start-up scan removes those left by a crash).
+        if stale.is_file() and stale.name not in wanted and not stale.name.startswith(TEMP_MARK):
             stale.unlink()
     fsync_dir(folder)
