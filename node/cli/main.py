@@ -80,8 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, metavar="DIR", help="the models folder to use")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for the model")
 
-    p = sub.add_parser("jobs", help="list jobs with their state and reason")
+    p = sub.add_parser("jobs", help="list jobs with their state and reason, or show one")
     with_config(p)
+    p.add_argument(
+        "job", nargs="?", metavar="JOB", help="a job id (or its first 8 characters): its timeline"
+    )
     p.add_argument("--state", choices=[s.value for s in JobState], help="only this state")
     p.add_argument("--limit", type=int, default=50, help="how many jobs (default 50)")
 
@@ -139,8 +142,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         configure_logging(config.logging.level, config.logging.format)
         return serve(config)
     if command == "jobs":
-        from node.cli.models_cmd import list_jobs
+        from node.cli.models_cmd import list_jobs, show_job
 
+        if args.job:
+            return show_job(config, args.job)
         return list_jobs(config, args.state, args.limit)
     return _studies(args, config)
 

@@ -307,11 +307,16 @@ class Worker:
             "provider": result.provider,
             "seconds": round(sum(result.timings.values()), 3),
         }
-        log.info(
+        timings = {k: round(v, 3) for k, v in result.timings.items()}
+        log.info("job_inferred", **fields, **detail, timings=timings)
+        # The job's trace: when the model finished, with its stage times.
+        self.store.index.add_event(
             "job_inferred",
-            **fields,
-            **detail,
-            timings={k: round(v, 3) for k, v in result.timings.items()},
+            now=now(),
+            study_uid=job.study_uid,
+            series_uid=job.series_uid,
+            job_id=job.id,
+            detail={**detail, "timings": timings},
         )
         try:
             inp = self.encoding_input(job, volume, result, paths)

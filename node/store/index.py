@@ -588,6 +588,7 @@ class InstanceIndex:
         now: float,
         study_uid: str | None = None,
         series_uid: str | None = None,
+        job_id: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
         """Append one event to the log (no patient data in `detail`)."""
@@ -598,6 +599,7 @@ class InstanceIndex:
                     kind=kind,
                     study_uid=study_uid,
                     series_uid=series_uid,
+                    job_id=job_id,
                     detail=json.dumps(detail) if detail else None,
                 )
             )

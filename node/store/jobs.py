@@ -393,11 +393,17 @@ class JobQueue:
             return [_job(row) for row in conn.execute(query)]
 
     def timeline(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's events in order, with the series events before it."""
+        """The job's story in order: its series received (first and last instance),
+        opened, complete and routed, then the job's own events."""
         with self.index.read_transaction() as conn:
             job = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
             if job is None:
                 return []
+            received = conn.execute(
+                select(series.c.first_received_at, series.c.last_received_at).where(
+                    series.c.series_uid == job.series_uid
+                )
+            ).first()
             rows = conn.execute(
                 select(events)
                 .where(
@@ -412,7 +418,26 @@ class JobQueue:
                 )
                 .order_by(events.c.id)
             ).all()
-        return [
+        story = [
             {**row._asdict(), "detail": json.loads(row.detail) if row.detail else None}
             for row in rows
         ]
+        if received is not None:
+            for kind, at in (
+                ("first_instance_received", received.first_received_at),
+                ("last_instance_received", received.last_received_at),
+            ):
+                story.append(
+                    {
+                        "id": 0,
+                        "at": at,
+                        "kind": kind,
+                        "study_uid": job.study_uid,
+                        "series_uid": job.series_uid,
+                        "sop_instance_uid": None,
+                        "job_id": None,
+                        "detail": None,
+                    }
+                )
+        story.sort(key=lambda event: (event["at"], event["id"]))
+        return story

@@ -96,6 +96,17 @@ def test_a_chest_ct_is_routed_inferred_and_its_results_encoded(
     # And `radnode jobs` shows the job as encoded
     listed = radnode("jobs", "--config", str(node.config_path), "--state", "encoded")
     assert created["job_id"] in listed.stdout, listed.stdout + listed.stderr
+    # And `radnode jobs JOB` tells its story in order, from the first instance received
+    # to the encoded results, with the time of each step
+    shown = radnode("jobs", "--config", str(node.config_path), created["job_id"][:8])
+    assert shown.returncode == 0, shown.stderr
+    steps = [
+        "first_instance_received", "last_instance_received", "series_complete",
+        "job_created", "job_claimed", "job_inferred", "job_encoded",
+    ]  # fmt: skip
+    positions = [shown.stdout.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), shown.stdout
+    assert "lung_network" in shown.stdout  # the model's stage times are in the trace
     # And no patient data reached the log
     assert not [p for p in PHI if p in node.log_text()]
 

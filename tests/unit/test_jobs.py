@@ -315,6 +315,8 @@ def test_timeline_tells_the_series_and_the_job_in_order(
     queue.finish(job.id, "w1", JobState.ENCODED, now=1100, result_relpath="results/x")
     timeline = queue.timeline(job.id)
     assert [e["kind"] for e in timeline] == [
+        "first_instance_received",
+        "last_instance_received",
         "series_opened",
         "series_complete",
         "job_created",
@@ -368,9 +370,11 @@ def test_the_timeline_of_a_later_generation_says_the_series_was_reopened(
     [new] = queue.record_routing(facts_of(index, "1.2.3.1"), [LUNGS], now=500)
     kinds = [e["kind"] for e in queue.timeline(new.id)]
     assert kinds == [
+        "first_instance_received",
         "series_opened",
         "series_complete",
         "series_routed",
+        "last_instance_received",
         "series_reopened",
         "series_complete",
         "job_created",

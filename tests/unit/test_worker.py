@@ -244,7 +244,7 @@ def test_a_routed_series_is_run_and_encoded_for_its_destination_only(
     assert [f["tracking_id"] for f in findings] == ["nodule-1"]
     # And the events tell the story
     kinds = event_kinds(store, job.id)
-    assert kinds[:3] == ["job_created", "job_claimed", "job_encoded"]
+    assert kinds[:4] == ["job_created", "job_claimed", "job_inferred", "job_encoded"]
     [encoded] = events_of(store, job.id, "job_encoded")
     assert (encoded["findings"], encoded["outputs"]) == (1, len(listed))
     # And there is nothing left to do
