@@ -8,6 +8,7 @@ failure of the model or the machine is retried up to `inference.max_attempts`.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -385,8 +386,25 @@ class Worker:
             paths=paths,
             decision_support=route.decision_support if route else "fleischner-2017",
             segments=tuple(route.segments) if route else ("Lung",),
-            series_numbers_in_use=self.queue.study_series_numbers(job.study_uid),
+            series_numbers_in_use=self.series_numbers_in_use(job),
         )
+
+    def series_numbers_in_use(self, job: Job) -> frozenset[int]:
+        """The study's received series numbers, and those the results of the study's
+        other jobs took (two series of one study routed: their results must not share
+        numbers)."""
+        numbers = set(self.queue.study_series_numbers(job.study_uid))
+        for other in self.queue.study_jobs(job.study_uid, JobState.ENCODED):
+            if other.id == job.id or other.result_relpath is None:
+                continue
+            meta = self.store.root / other.result_relpath / "result.json"
+            try:
+                outputs = json.loads(meta.read_text()).get("outputs", [])
+            except (OSError, ValueError):
+                continue
+            numbers.update(int(o.get("series_number", 0)) for o in outputs)
+        numbers.discard(0)
+        return frozenset(numbers)
 
     def _fail(self, job: Job, reason: str, fields: dict[str, str]) -> None:
         now = self._clock()

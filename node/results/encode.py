@@ -34,14 +34,15 @@ class Output:
     dataset: Dataset
     filename: str
 
-    def describe(self) -> dict[str, str]:
-        """What result.json records of it (UIDs and file; no patient data)."""
+    def describe(self) -> dict[str, str | int]:
+        """What result.json records of it (UIDs, series number, file; no patient data)."""
         return {
             "kind": self.kind,
             "file": self.filename,
             "sop_class_uid": str(self.dataset.SOPClassUID),
             "sop_instance_uid": str(self.dataset.SOPInstanceUID),
             "series_uid": str(self.dataset.SeriesInstanceUID),
+            "series_number": int(self.dataset.get("SeriesNumber") or 0),
         }
 
 

@@ -117,6 +117,14 @@ class JobQueue:
             ).scalars()
             return frozenset(int(n) for n in numbers if n is not None)
 
+    def study_jobs(self, study_uid: str, state: JobState | None = None) -> list[Job]:
+        """The study's jobs (optionally in one state), oldest first."""
+        query = select(jobs).where(jobs.c.study_uid == study_uid).order_by(jobs.c.created_at)
+        if state is not None:
+            query = query.where(jobs.c.state == state)
+        with self.index.read_transaction() as conn:
+            return [_job(row) for row in conn.execute(query)]
+
     def series_instance_relpaths(self, series_uid: str) -> list[str]:
         """The relpaths of every instance of a series, in no particular order."""
         with self.index.read_transaction() as conn:

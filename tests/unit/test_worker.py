@@ -561,3 +561,35 @@ def test_output_kinds_are_everything_for_a_job_without_destinations(worker: Work
     # Given a job whose route sends nowhere (results kept for people to look at)
     # Then every kind is encoded
     assert worker.output_kinds(job_for()) == list(ALL_OUTPUTS)
+
+
+def test_two_series_of_one_study_get_result_series_numbers_of_their_own(
+    config: NodeConfig,
+    store: InstanceStore,
+    worker: Worker,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    # Given a study with two CT series (say two reconstructions), both routed to the model
+    study = pydicom.uid.generate_uid(prefix=None)
+    for number, name in ((2, "lung"), (3, "soft")):
+        series = write_ct_series(
+            tmp_path / name, slices=30, rows=256, cols=256, slice_thickness_mm=1.25,
+            study_uid=study, series_number=number,
+        )  # fmt: skip
+        for path in series.paths:
+            data = path.read_bytes()
+            store.store_instance(read_header(data), data, source="pacs", calling_ae="PACS1")
+    store.index.complete_quiet_series(quiet_before=time.time() + 1, now=clock())
+    assert route_pending(config, store, JobQueue(store.index), now=clock) == 2
+    # When the worker runs both jobs
+    ran = [worker.run_once(), worker.run_once()]
+    assert all(job is not None and job.state is JobState.ENCODED for job in ran)
+    # Then their result series have different numbers, none of them 2 or 3
+    numbers = []
+    for job in ran:
+        assert job is not None and job.result_relpath is not None
+        meta = json.loads((store.root / job.result_relpath / "result.json").read_text())
+        numbers.extend(o["series_number"] for o in meta["outputs"])
+    assert len(numbers) == len(set(numbers)) == 6  # sc, kos, pdf for each job
+    assert not {2, 3} & set(numbers)
