@@ -8,15 +8,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-
 from node.config import NodeConfig
 from node.domain import Finding, JobState
 from node.errors import ConfigError
 from node.inference.package import ModelRegistry
 from node.inference.pipelines import InferenceResult, build_pipeline, requirements_of
-from node.inference.volume import SeriesRejected, load_series_folder
+from node.inference.volume import SeriesRejected, read_series_folder
 from node.results.encode import OUTPUTS_DIR, encode, write_outputs
 from node.store import job_id_for
 from node.store.results import write_result
@@ -99,7 +96,7 @@ def run_model(
         raise ConfigError(f"{path} is not a folder; give the folder holding one DICOM series")
     started = time.perf_counter()
     try:
-        volume = load_series_folder(path, requirements_of(package))
+        volume, headers = read_series_folder(path, requirements_of(package))
     except SeriesRejected as exc:
         print(f"radnode: {model} cannot use this series: {exc.reason}", file=sys.stderr)
         return EXIT_FAILED
@@ -114,13 +111,12 @@ def run_model(
     findings_json = [f.as_json() for f in result.findings]
     # Every output kind, as a node would send them, so that they can be opened in a
     # viewer; the job id is the one the node would give this series and model.
-    paths = sorted(p for p in path.rglob("*") if p.is_file())
     inp = build_encoding_input(
         job_id=job_id_for(volume.series_uid, 1, package.name),
         model=package.info(),
         volume=volume,
         result=result,
-        paths=[p for p in paths if _is_in_series(p, volume.series_uid)],
+        sources=headers,
         decision_support="fleischner-2017",
         segments=("Lung",),
         series_numbers_in_use=frozenset(),
@@ -154,15 +150,6 @@ def run_model(
     if package.not_for_clinical_use:
         print("AI-generated, unverified; not for clinical use.")
     return EXIT_OK
-
-
-def _is_in_series(path: Path, series_uid: str) -> bool:
-    """True for a DICOM file of the given series (others in the folder are skipped)."""
-    try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-    except (OSError, InvalidDicomError):
-        return False
-    return str(header.get("SeriesInstanceUID", "")) == series_uid
 
 
 def show_job(config: NodeConfig, job_id: str) -> int:

@@ -14,10 +14,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
 import structlog
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from node.config import NodeConfig
@@ -32,7 +34,7 @@ from node.inference.pipelines import (
     build_pipeline,
     requirements_of,
 )
-from node.inference.volume import SeriesRejected, load_series
+from node.inference.volume import SeriesRejected, read_series
 from node.results.context import ALL_OUTPUTS, DecisionSupport, EncodingInput, OutputKind
 from node.results.encode import OUTPUTS_DIR, encode, write_outputs
 from node.routing import explain_mismatch, match_routes
@@ -68,15 +70,8 @@ def enrich_facts(facts: SeriesFacts, sample: Path | None) -> SeriesFacts:
         thickness_mm = float(thickness) if thickness not in (None, "") else None
     except (TypeError, ValueError):
         thickness_mm = None
-    return SeriesFacts(
-        study_uid=facts.study_uid,
-        series_uid=facts.series_uid,
-        generation=facts.generation,
-        source=facts.source,
-        modality=facts.modality,
-        body_part=facts.body_part,
-        series_description=facts.series_description,
-        instance_count=facts.instance_count,
+    return replace(
+        facts,
         slice_thickness_mm=thickness_mm,
         image_type=tuple(str(v) for v in image_type),
     )
@@ -144,21 +139,17 @@ def build_encoding_input(
     model: ModelInfo,
     volume: Volume,
     result: InferenceResult,
-    paths: Sequence[Path],
+    sources: Sequence[Dataset],
     decision_support: DecisionSupport,
     segments: tuple[str, ...],
     series_numbers_in_use: frozenset[int],
 ) -> EncodingInput:
     """Join a model's result with its source headers (in volume order) for encoding."""
-    headers = {}
-    for path in paths:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        headers[str(header.SOPInstanceUID)] = header
     return EncodingInput(
         job_id=job_id,
         model=model,
         volume=volume,
-        sources=tuple(headers[uid] for uid in volume.sop_instance_uids),
+        sources=tuple(sources),
         findings=tuple(result.findings),
         findings_labels=result.findings_labels,
         segments=result.segments,
@@ -283,7 +274,7 @@ class Worker:
         paths = [self.store.path_of(p) for p in self.queue.series_instance_relpaths(job.series_uid)]
         started = time.perf_counter()
         try:
-            volume = load_series(paths, requirements_of(pipeline.package))
+            volume, headers = read_series(paths, requirements_of(pipeline.package))
         except SeriesRejected as exc:
             self.queue.finish(job.id, self.owner, JobState.REJECTED, now(), reason=exc.reason)
             log.warning("series_rejected", reason=exc.reason, **fields)
@@ -320,7 +311,7 @@ class Worker:
             detail={**detail, "timings": timings},
         )
         try:
-            inp = self.encoding_input(job, volume, result, paths)
+            inp = self.encoding_input(job, volume, result, headers)
             outputs, encode_timings = encode(inp, self.output_kinds(job))
         except Exception as exc:  # an encoder's failure must not stop the worker
             log.exception("encoding_failed", **fields)
@@ -374,7 +365,7 @@ class Worker:
         return kinds or list(ALL_OUTPUTS)
 
     def encoding_input(
-        self, job: Job, volume: Volume, result: InferenceResult, paths: list[Path]
+        self, job: Job, volume: Volume, result: InferenceResult, headers: Sequence[Dataset]
     ) -> EncodingInput:
         """The job's result with its source headers, route options and study context."""
         route = next((r for r in self.config.routes if r.name == job.route), None)
@@ -383,7 +374,7 @@ class Worker:
             model=self.pipeline(job.model).package.info(),
             volume=volume,
             result=result,
-            paths=paths,
+            sources=headers,
             decision_support=route.decision_support if route else "fleischner-2017",
             segments=tuple(route.segments) if route else ("Lung",),
             series_numbers_in_use=self.series_numbers_in_use(job),

@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -570,21 +570,14 @@ def _sphericity(mask: BoolArray, spacing: tuple[float, float, float], volume_mm3
 
 def _to_volume_frame(candidate: Candidate, box: tuple[slice, ...]) -> Candidate:
     """Shift a candidate found in the region's box to whole-volume indices."""
-    offset = [s.start for s in box]
-    mask_box = tuple(
-        slice(s.start + o, s.stop + o) for s, o in zip(candidate.mask_box, offset, strict=True)
-    )
-    peak = tuple(p + o for p, o in zip(candidate.peak, offset, strict=True))
-    return Candidate(
-        mask_box=(mask_box[0], mask_box[1], mask_box[2]),
-        mask=candidate.mask,
-        peak=(peak[0], peak[1], peak[2]),
-        scale_mm=candidate.scale_mm,
-        dot=candidate.dot,
-        line=candidate.line,
-        elongation=candidate.elongation,
-        sphericity=candidate.sphericity,
-        diameter_mm=candidate.diameter_mm,
-        score=candidate.score,
-        features=candidate.features,
+    k0, j0, i0 = (s.start for s in box)
+    mask_box, peak = candidate.mask_box, candidate.peak
+    return replace(
+        candidate,
+        mask_box=(
+            slice(mask_box[0].start + k0, mask_box[0].stop + k0),
+            slice(mask_box[1].start + j0, mask_box[1].stop + j0),
+            slice(mask_box[2].start + i0, mask_box[2].stop + i0),
+        ),
+        peak=(peak[0] + k0, peak[1] + j0, peak[2] + i0),
     )

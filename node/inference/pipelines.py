@@ -158,20 +158,21 @@ class SliceSegmentationPipeline(Pipeline):
         for index, box in enumerate(ndimage.find_objects(labels), start=1):
             if box is None:
                 continue
-            component = labels == index
+            component = labels[box] == index  # inside the component's own box only
             if int(component.sum()) < min_voxels:
                 continue
-            score = float(probability[component].mean())
+            score = float(probability[box][component].mean())
             finding = measure_finding(
                 volume,
                 component,
                 label=label,
                 tracking_id=f"{label.lower()}-{len(findings) + 1}",
                 score=score,
+                offset=(box[0].start, box[1].start, box[2].start),
             )
             if finding is not None:
                 findings.append(finding)
-                numbered[component] = len(findings)
+                numbered[box][component] = len(findings)
         timings["postprocess"] = time.perf_counter() - started
         return InferenceResult(
             self.package.name,

@@ -389,6 +389,9 @@ def _check_thickness(thickness: float | None, step: float, req: SeriesRequiremen
         )
 
 
+Headers = tuple[Dataset, ...]
+
+
 def load_series(paths: Sequence[Path], requirements: SeriesRequirements | None = None) -> Volume:
     """Read a series' files into a Volume in HU, or raise SeriesRejected with the reason.
 
@@ -397,6 +400,14 @@ def load_series(paths: Sequence[Path], requirements: SeriesRequirements | None =
     plugins (every transfer syntax the node accepts) into one float32 array, each
     slice with its own rescale.
     """
+    return read_series(paths, requirements)[0]
+
+
+def read_series(
+    paths: Sequence[Path], requirements: SeriesRequirements | None = None
+) -> tuple[Volume, Headers]:
+    """load_series, also giving the slices' headers (no pixel data) in volume order:
+    encoding the results needs them, and they are read once."""
     headers = [_read_header(path, index, len(paths)) for index, path in enumerate(paths)]
     return _load(list(paths), headers, requirements)
 
@@ -406,7 +417,17 @@ def load_series_folder(
     requirements: SeriesRequirements | None = None,
     series_uid: str | None = None,
 ) -> Volume:
-    """Load the one series in `folder` (every file in it, not below it) as a Volume.
+    """Load the one series in `folder` (every file in it, not below it) as a Volume."""
+    return read_series_folder(folder, requirements, series_uid)[0]
+
+
+def read_series_folder(
+    folder: Path,
+    requirements: SeriesRequirements | None = None,
+    series_uid: str | None = None,
+) -> tuple[Volume, Headers]:
+    """Load the one series in `folder` (every file in it, not below it) as a Volume,
+    with its headers in volume order.
 
     Files that are not DICOM (and a DICOMDIR) are skipped and counted. A folder that
     holds several series is rejected with their instance counts unless `series_uid`
@@ -475,7 +496,7 @@ def _read_header(path: Path, index: int, count: int) -> Dataset:
 
 def _load(
     paths: Sequence[Path], headers: Sequence[Dataset], requirements: SeriesRequirements | None
-) -> Volume:
+) -> tuple[Volume, Headers]:
     layout = check_headers(headers, requirements)
     first = headers[layout.order[0]]
     series_uid = str(first.get("SeriesInstanceUID", "") or "")
@@ -487,7 +508,7 @@ def _load(
             _decode_into(hu[k], paths[index], headers[index])
         except SeriesRejected as exc:
             raise SeriesRejected(exc.reason, series_uid) from exc.__cause__
-    return Volume(
+    volume = Volume(
         hu=hu,
         origin=layout.origin,
         spacing=(layout.slice_step_mm, *layout.pixel_spacing),
@@ -503,6 +524,7 @@ def _load(
         ),
         sop_class_uid=str(first.get("SOPClassUID", "") or ""),
     )
+    return volume, tuple(headers[index] for index in layout.order)
 
 
 def _decode_into(out: npt.NDArray[np.float32], path: Path, header: Dataset) -> None:

@@ -100,3 +100,39 @@ def test_radnode_run_finds_the_lidc_nodule(shared_data: Path, tmp_path: Path) ->
     assert 24 <= nodule["long_axis_mm"] <= 40
     assert 0.5 <= nodule["score"] <= 1
     assert (out / "arrays.npz").is_file() and (out / "result.json").is_file()
+
+
+def test_a_slice_segmentation_package_needs_no_code(tmp_path: Path) -> None:
+    # Given a package that declares only a 2D network and pipeline slice-segmentation,
+    # as an ML engineer writes one: here the lung network, its lungs as the findings
+    import shutil
+
+    import yaml
+
+    from node.inference.package import load_package
+    from node.synthetic.phantom import make_chest_phantom
+    from tests.results_helpers import SMALL
+
+    folder = tmp_path / "lungs-only"
+    folder.mkdir()
+    shutil.copy(REPO / "models" / "lung-nodules" / "lung-unet.onnx", folder)
+    spec = yaml.safe_load((REPO / "models" / "lung-nodules" / "model.yaml").read_text())
+    spec.update(
+        name="lungs-only",
+        pipeline="slice-segmentation",
+        networks={"lungs": spec["networks"]["lungs"]},
+        parameters={"min_voxels": 1000},
+        preprocessing={"add": 1024, "matrix": 512},
+    )
+    spec["outputs"]["segments"] = [{**spec["outputs"]["segments"][0], "finding": True}]
+    (folder / "model.yaml").write_text(yaml.safe_dump(spec))
+    package = load_package(folder)
+    volume, truth = make_chest_phantom(SMALL)
+    # When it runs on a small chest phantom
+    result = build_pipeline(package, RuntimeSettings(intra_op_threads=2)).run(volume)
+    # Then each lung is a finding, measured, and together they cover the drawn lungs
+    assert len(result.findings) == 2
+    assert all(f.label == "Lung" and f.volume_mm3 > 100_000 for f in result.findings)
+    found = result.findings_labels > 0
+    dice = 2 * (found & truth.lung_mask).sum() / (found.sum() + truth.lung_mask.sum())
+    assert dice >= 0.9
