@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a configuration and summarise it")
     with_config(p)
 
-    p = sub.add_parser("echo", help="C-ECHO a destination or AET@host:port")
+    p = sub.add_parser(
+        "echo", help="C-ECHO a destination or AET@host:port (a STOW-RS destination: a QIDO query)"
+    )
     with_config(p)
     p.add_argument("target", metavar="TARGET", help="a destination name or AET@host:port")
     p.add_argument("--calling-ae", help="the AE title to call as (default: node.ae_title)")
@@ -87,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state", choices=[s.value for s in JobState], help="only this state")
     p.add_argument("--limit", type=int, default=50, help="how many jobs (default 50)")
+
+    p = sub.add_parser("retry", help="put failed jobs back: run again, or deliver again once fixed")
+    with_config(p)
+    p.add_argument("jobs", nargs="*", metavar="JOB", help="job ids (or their first 8 characters)")
+    p.add_argument("--all-failed", action="store_true", help="every job in state failed")
 
     p = sub.add_parser(
         "demo", help="make a synthetic chest CT, run a node on it and print the findings"
@@ -142,11 +149,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         configure_logging(config.logging.level, config.logging.format)
         return serve(config)
     if command == "jobs":
-        from node.cli.models_cmd import list_jobs, show_job
+        from node.cli.jobs_cmd import list_jobs, show_job
 
         if args.job:
             return show_job(config, args.job)
         return list_jobs(config, args.state, args.limit)
+    if command == "retry":
+        from node.cli.jobs_cmd import retry
+
+        if not args.jobs and not args.all_failed:
+            raise ConfigError("name the jobs to retry, or give --all-failed")
+        return retry(config, args.jobs, args.all_failed)
     return _studies(args, config)
 
 
@@ -158,6 +171,11 @@ def _target(text: str, config: NodeConfig | None) -> Target:
     if config is not None:
         dest = config.destination(text)
         if dest is not None:
+            if dest.ae_title is None or dest.host is None or dest.port is None:
+                raise ConfigError(
+                    f"destination {text!r} is a STOW-RS destination ({dest.url}); "
+                    "DICOM echo and send need a C-STORE destination or AET@host:port"
+                )
             return Target(dest.ae_title, dest.host, dest.port)
     if "@" not in text and config is not None:
         known = ", ".join(d.name for d in config.destinations) or "none configured"
@@ -168,15 +186,28 @@ def _target(text: str, config: NodeConfig | None) -> Target:
     return parse_target(text)
 
 
-def _calling_ae(args: argparse.Namespace, config: NodeConfig | None) -> str:
+def _calling_ae(args: argparse.Namespace, config: NodeConfig | None, name: str = "") -> str:
     if args.calling_ae:
         return str(args.calling_ae)
+    dest = config.destination(name) if config else None
+    if dest is not None and dest.calling_ae_title:
+        return dest.calling_ae_title
     return config.node.ae_title if config else "RADNODE"
 
 
 def _echo(args: argparse.Namespace, config: NodeConfig | None) -> int:
+    dest = config.destination(args.target) if config else None
+    if dest is not None and dest.protocol == "stow-rs":
+        from node.export import check_stow
+
+        ok, message = check_stow(dest)
+        print(
+            f"{dest.name}: {'OK' if ok else 'FAILED'}: {message}",
+            file=sys.stdout if ok else sys.stderr,
+        )
+        return EXIT_OK if ok else EXIT_FAILED
     target = _target(args.target, config)
-    calling = _calling_ae(args, config)
+    calling = _calling_ae(args, config, args.target)
     result = echo(target, calling, timeout=args.timeout)
     if result.ok:
         print(
@@ -192,7 +223,7 @@ def _send(args: argparse.Namespace, config: NodeConfig | None) -> int:
     if args.associations < 1:
         raise ConfigError(f"--associations {args.associations}: give 1 or more")
     target = _target(args.to, config)
-    calling = _calling_ae(args, config)
+    calling = _calling_ae(args, config, args.to)
     with tqdm(unit="file", desc=f"to {target}", file=sys.stderr, leave=False) as bar:
         report = send_files(
             args.paths,
@@ -276,8 +307,10 @@ def summarise_config(config: NodeConfig) -> str:
         lines.append(f"  - {s.name}: calling AE {s.ae_title} from {hosts}")
     lines.append(f"destinations {len(config.destinations)}")
     for d in config.destinations:
+        fallback = ", ".join(d.fallback_outputs) or "nothing"
         lines.append(
-            f"  - {d.name}: {d.ae_title}@{d.host}:{d.port}, receives {', '.join(d.outputs)}"
+            f"  - {d.name}: {d.describe()}, receives {', '.join(d.outputs)} "
+            f"({fallback} if it refuses SEG or SR)"
         )
     lines.append(f"routes       {len(config.routes)}")
     for r in config.routes:
@@ -294,6 +327,11 @@ def summarise_config(config: NodeConfig) -> str:
         f"inference    {inference.workers} worker(s), providers "
         f"{' > '.join(inference.providers)}, threads {inference.intra_op_threads or 'all cores'}, "
         f"models in {inference.resolved_models_dir()}"
+    )
+    delivery = config.delivery
+    lines.append(
+        f"delivery     retries after {delivery.retry_base_seconds:g} s, doubling up to "
+        f"{delivery.retry_max_seconds:g} s, for {delivery.max_age_hours:g} h; then failed"
     )
     if not config.sources:
         lines.append("warning: no sources are configured, so every association is rejected")

@@ -1,15 +1,14 @@
-"""`radnode models`, `radnode run` and `radnode jobs`: models without the server, and jobs."""
+"""`radnode models` and `radnode run`: model packages, and a model run without the server."""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
 from node.config import NodeConfig
-from node.domain import Finding, JobState
+from node.domain import Finding
 from node.errors import ConfigError
 from node.inference.package import ModelRegistry
 from node.inference.pipelines import InferenceResult, build_pipeline, requirements_of
@@ -149,78 +148,4 @@ def run_model(
     print(f"DICOM results in {out / OUTPUTS_DIR}: {kinds}")
     if package.not_for_clinical_use:
         print("AI-generated, unverified; not for clinical use.")
-    return EXIT_OK
-
-
-def show_job(config: NodeConfig, job_id: str) -> int:
-    """Print one job and its timeline: each step, when, how long after the one before."""
-    from node.cli.serve import open_store
-    from node.store import JobQueue
-
-    store = open_store(config)
-    try:
-        queue = JobQueue(store.index)
-        job = queue.get(job_id)
-        story = queue.timeline(job.id) if job is not None else []
-    finally:
-        store.close()
-    if job is None:
-        print(f"radnode: no job {job_id!r}; `radnode jobs` lists them", file=sys.stderr)
-        return EXIT_FAILED
-    print(
-        f"job {job.id}  {job.state}  model {job.model}  route {job.route}  "
-        f"attempts {job.attempts}  series {job.series_uid} (generation {job.generation})"
-    )
-    if job.reason:
-        print(f"reason: {job.reason}")
-    if job.result_relpath:
-        print(f"result: {job.result_relpath}")
-    start = story[0]["at"] if story else 0.0
-    previous = start
-    for event in story:
-        at = float(event["at"])
-        when = datetime.fromtimestamp(at).strftime("%H:%M:%S.%f")[:-3]
-        print(
-            f"  {when}  +{at - start:8.2f} s  ({at - previous:+7.2f} s)  "
-            f"{event['kind']:<24} {_event_summary(event.get('detail'))}"
-        )
-        previous = at
-    return EXIT_OK
-
-
-def _event_summary(detail: object) -> str:
-    """A short line of what an event recorded (reasons, workers, counts, timings)."""
-    if not isinstance(detail, dict):
-        return ""
-    parts = []
-    for key, value in detail.items():
-        if value in (None, {}, []):
-            continue
-        if key == "timings" and isinstance(value, dict):
-            value = ", ".join(f"{k} {v:.2f} s" for k, v in value.items())
-        parts.append(f"{key}: {value}")
-    return "; ".join(parts)
-
-
-def list_jobs(config: NodeConfig, state: str | None, limit: int) -> int:
-    """Print recent jobs with their state and reason."""
-    from node.cli.serve import open_store
-    from node.store import JobQueue
-
-    wanted = JobState(state) if state else None
-    store = open_store(config)
-    try:
-        jobs = JobQueue(store.index).recent(wanted, limit)
-    finally:
-        store.close()
-    if not jobs:
-        print("no jobs" + (f" in state {state}" if state else ""))
-        return EXIT_OK
-    for job in jobs:
-        when = datetime.fromtimestamp(job.updated_at).strftime("%Y-%m-%d %H:%M:%S")
-        reason = f"  reason: {job.reason}" if job.reason else ""
-        print(
-            f"{job.id}  {job.state:<9} {job.model:<14} route {job.route:<12} "
-            f"attempts {job.attempts}  updated {when}  series {job.series_uid}{reason}"
-        )
     return EXIT_OK

@@ -23,6 +23,7 @@ from node.assembly import CompletionSweeper
 from node.cli.work import Worker, route_pending
 from node.config import NodeConfig
 from node.errors import ConfigError
+from node.export import Exporter
 from node.inference.package import ModelRegistry
 from node.inference.pipelines import PIPELINES
 from node.ingest import AssociationLimiter, DicomListener
@@ -246,6 +247,9 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
         name="routing",
     )
     route_thread.start()
+    exporter = Exporter(config, store.index, store.root)
+    export_thread = threading.Thread(target=exporter.run, args=(stop,), name="export")
+    export_thread.start()
     # Without routes there is nothing to run: no worker is started.
     for number in range(1, (config.inference.workers if config.routes else 0) + 1):
         start_worker(number)
@@ -297,6 +301,7 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
             process.join(timeout=5)
     sweep_thread.join()
     route_thread.join()
+    export_thread.join()
     store.close()
     log.info("node_stopped")
     return 0

@@ -356,13 +356,16 @@ class Worker:
             log.warning("job_lease_lost_before_finish", **fields)
 
     def output_kinds(self, job: Job) -> list[OutputKind]:
-        """What the job's destinations want, together; everything when it has none."""
-        kinds: list[OutputKind] = []
+        """What the job's destinations want, with what stands in for SEG and SR where a
+        destination refuses them; everything when the job has no destination."""
+        wanted: set[str] = set()
         for name in job.send_to:
             destination = self.config.destination(name)
             if destination is not None:
-                kinds.extend(k for k in destination.outputs if k not in kinds)
-        return kinds or list(ALL_OUTPUTS)
+                wanted.update(destination.outputs)
+                if {"seg", "sr"} & set(destination.outputs):
+                    wanted.update(destination.fallback_outputs)
+        return [k for k in ALL_OUTPUTS if k in wanted] or list(ALL_OUTPUTS)
 
     def encoding_input(
         self, job: Job, volume: Volume, result: InferenceResult, headers: Sequence[Dataset]

@@ -3,7 +3,9 @@
 from node.config.loader import DEFAULT_CONFIG_PATH, load_config, resolve_config_path
 from node.config.model import (
     CompletionSettings,
+    DeliverySettings,
     Destination,
+    DestinationAuth,
     LoggingSettings,
     NodeConfig,
     NodeSettings,
@@ -15,7 +17,9 @@ from node.config.model import (
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "CompletionSettings",
+    "DeliverySettings",
     "Destination",
+    "DestinationAuth",
     "LoggingSettings",
     "NodeConfig",
     "NodeSettings",

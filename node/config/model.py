@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     field_validator,
     model_validator,
 )
@@ -175,13 +176,62 @@ def _all_outputs() -> list[OutputName]:
     return ["seg", "sr", "sc", "kos", "pdf"]
 
 
+class DestinationAuth(_Section):
+    """HTTP authentication for a STOW-RS destination."""
+
+    type: Literal["basic", "bearer"] = Field(
+        description="basic (user name and password) or bearer (a token)"
+    )
+    username: str | None = Field(None, description="the user name, for basic authentication")
+    password: SecretStr | None = Field(
+        None,
+        description="the password, for basic authentication; better set through the "
+        "environment, e.g. RADNODE_DESTINATIONS__0__AUTH__PASSWORD",
+    )
+    token: SecretStr | None = Field(
+        None,
+        description="the token, for bearer authentication; better set through the "
+        "environment, e.g. RADNODE_DESTINATIONS__0__AUTH__TOKEN",
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> DestinationAuth:
+        if self.type == "basic" and (not self.username or self.password is None):
+            raise ValueError("basic authentication needs both username and password")
+        if self.type == "bearer" and not self.token:
+            raise ValueError("bearer authentication needs a token")
+        return self
+
+
+def _default_fallbacks() -> list[OutputName]:
+    return ["sc", "kos", "pdf"]
+
+
 class Destination(_Section):
-    """Where results go: a DICOM peer that accepts C-STORE."""
+    """Where results go: a DICOM peer (C-STORE) or a DICOMweb server (STOW-RS)."""
 
     name: Name = Field(description="a short name for this destination, used by routes and CLI")
-    ae_title: AETitle = Field(description="the destination's AE title (the called AE)")
-    host: str = Field(min_length=1, description="the destination's host name or IP address")
-    port: Port = Field(description="the destination's DICOM port")
+    ae_title: AETitle | None = Field(
+        None, description="the destination's AE title (the called AE), for C-STORE"
+    )
+    host: str | None = Field(
+        None, min_length=1, description="the destination's host name or IP address, for C-STORE"
+    )
+    port: Port | None = Field(None, description="the destination's DICOM port, for C-STORE")
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s]+$",
+        description="the DICOMweb base URL for STOW-RS instead of C-STORE, such as "
+        "http://pacs.example.org:8042/dicom-web (results are POSTed to <url>/studies)",
+    )
+    auth: DestinationAuth | None = Field(
+        None, description="HTTP authentication for a STOW-RS destination: basic or bearer"
+    )
+    calling_ae_title: AETitle | None = Field(
+        None,
+        description="the AE title Radnode calls this destination as; empty means node.ae_title "
+        "(the destination must know it, with this machine's address)",
+    )
     outputs: list[OutputName] = Field(
         default_factory=_all_outputs,
         min_length=1,
@@ -189,6 +239,19 @@ class Destination(_Section):
         "(structured report), sc (key images with the findings burned in), kos (key "
         "object selection), pdf (summary page); a viewer that shows neither SEG nor SR "
         "wants [sc, kos, pdf]",
+    )
+    fallback_outputs: list[OutputName] = Field(
+        default_factory=_default_fallbacks,
+        description="what is sent instead when the destination refuses SEG or SR at "
+        "association negotiation (an archive that does not know those SOP classes): "
+        "any of sc, kos, pdf, or [] to send nothing in their place",
+    )
+    timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="seconds to wait for the destination to connect or answer before the "
+        "attempt counts as failed and is retried later",
     )
 
     @field_validator("outputs")
@@ -200,6 +263,46 @@ class Destination(_Section):
                 "or remove sr"
             )
         return list(dict.fromkeys(value))
+
+    @field_validator("fallback_outputs")
+    @classmethod
+    def _fallbacks_are_fallbacks(cls, value: list[OutputName]) -> list[OutputName]:
+        wrong = [v for v in value if v in ("seg", "sr")]
+        if wrong:
+            raise ValueError(
+                f"{wrong} cannot stand in for a refused SEG or SR; use sc, kos and pdf"
+            )
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _one_protocol(self) -> Destination:
+        dimse = [k for k in ("ae_title", "host", "port") if getattr(self, k) is not None]
+        if self.url is not None:
+            if dimse:
+                raise ValueError(
+                    f"give either url (STOW-RS) or ae_title, host and port (C-STORE), not both; "
+                    f"remove {', '.join(dimse)} or url"
+                )
+        elif len(dimse) < 3:
+            missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) is None]
+            raise ValueError(
+                f"missing {', '.join(missing)}: a C-STORE destination needs ae_title, host and "
+                "port (or give url for a STOW-RS destination)"
+            )
+        if self.auth is not None and self.url is None:
+            raise ValueError("auth applies to STOW-RS destinations only; add url or remove auth")
+        return self
+
+    @property
+    def protocol(self) -> Literal["dimse", "stow-rs"]:
+        """How results reach this destination."""
+        return "stow-rs" if self.url else "dimse"
+
+    def describe(self) -> str:
+        """Where it is, without secrets: AET@host:port or the URL."""
+        if self.url:
+            return f"STOW-RS {self.url}" + (f" ({self.auth.type} auth)" if self.auth else "")
+        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 class CompletionSettings(_Section):
@@ -380,6 +483,40 @@ class InferenceSettings(_Section):
         return shipped if shipped.is_dir() else Path("models")
 
 
+class DeliverySettings(_Section):
+    """How results are delivered: retries and when to give up."""
+
+    retry_base_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="the wait before the first retry of a failed delivery; each further "
+        "retry waits twice as long (with some jitter), up to retry_max_seconds",
+    )
+    retry_max_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="the longest wait between two delivery attempts",
+    )
+    max_age_hours: float = Field(
+        24.0,
+        gt=0,
+        le=24 * 90,
+        description="how long a result is retried before it goes to the failed list "
+        "(radnode jobs --state failed), where radnode retry puts it back",
+    )
+
+    @model_validator(mode="after")
+    def _max_not_below_base(self) -> DeliverySettings:
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ValueError(
+                f"retry_max_seconds ({self.retry_max_seconds:g}) is shorter than "
+                f"retry_base_seconds ({self.retry_base_seconds:g}); make it at least as long"
+            )
+        return self
+
+
 class LoggingSettings(_Section):
     """How Radnode logs."""
 
@@ -403,6 +540,7 @@ class NodeConfig(_Section):
     completion: CompletionSettings = Field(default_factory=CompletionSettings)
     routes: list[Route] = Field(default_factory=list)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")

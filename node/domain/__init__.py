@@ -3,6 +3,8 @@
 from node.domain.types import (
     AssociationInfo,
     CodedConcept,
+    Delivery,
+    DeliveryState,
     Finding,
     InstanceHeader,
     Job,
@@ -20,6 +22,8 @@ from node.domain.types import (
 __all__ = [
     "AssociationInfo",
     "CodedConcept",
+    "Delivery",
+    "DeliveryState",
     "Finding",
     "InstanceHeader",
     "Job",

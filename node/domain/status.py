@@ -8,6 +8,7 @@ OUT_OF_RESOURCES: Final = 0xA700
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
 CANNOT_UNDERSTAND: Final = 0xC210
 PROCESSING_FAILURE: Final = 0x0110
+SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 
 STATUS_NAMES: Final = {
     SUCCESS: "success",
@@ -15,6 +16,7 @@ STATUS_NAMES: Final = {
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS: "data set does not match SOP class",
     CANNOT_UNDERSTAND: "cannot understand",
     PROCESSING_FAILURE: "processing failure",
+    SOP_CLASS_NOT_SUPPORTED: "SOP class not supported",
 }
 
 # A-ASSOCIATE-RJ result

@@ -32,6 +32,15 @@ class JobState(enum.StrEnum):
     REJECTED = "rejected"
 
 
+class DeliveryState(enum.StrEnum):
+    """One job's results on their way to one destination; `failed` is the dead letter."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
 class StoreOutcome(enum.StrEnum):
     """What storing a received instance did."""
 
@@ -143,6 +152,27 @@ class Job:
     result_relpath: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A job's results for one destination: what was confirmed, what went wrong."""
+
+    id: str
+    job_id: str
+    study_uid: str
+    series_uid: str
+    destination: str
+    state: DeliveryState
+    attempts: int
+    due_at: float
+    reason: str | None = None
+    confirmed: frozenset[str] = frozenset()
+    result_relpath: str | None = None
+    created_at: float = 0.0
+    started_at: float = 0.0
+    updated_at: float = 0.0
+    delivered_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

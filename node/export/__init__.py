@@ -1,5 +1,7 @@
-"""Sending DICOM to peers: connectivity checks and C-STORE as an SCU."""
+"""Sending DICOM to peers: connectivity checks, `radnode send`, and the exporter that
+delivers results by C-STORE or STOW-RS with retries."""
 
+from node.export.exporter import Exporter, retry_delay
 from node.export.scu import (
     EchoResult,
     SendReport,
@@ -8,5 +10,16 @@ from node.export.scu import (
     parse_target,
     send_files,
 )
+from node.export.stow import check_stow
 
-__all__ = ["EchoResult", "SendReport", "Target", "echo", "parse_target", "send_files"]
+__all__ = [
+    "EchoResult",
+    "Exporter",
+    "SendReport",
+    "Target",
+    "check_stow",
+    "echo",
+    "parse_target",
+    "retry_delay",
+    "send_files",
+]

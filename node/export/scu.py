@@ -72,7 +72,7 @@ class EchoResult:
     echo_ms: float | None = None
 
 
-def _check_tcp(target: Target, timeout: float) -> str | None:
+def check_tcp(target: Target, timeout: float) -> str | None:
     """None when a TCP connection opens, else the problem in words."""
     try:
         with socket.create_connection((target.host, target.port), timeout=timeout):
@@ -93,7 +93,7 @@ def _check_tcp(target: Target, timeout: float) -> str | None:
         return f"cannot connect to {target.host}:{target.port}: {exc.strerror or exc}"
 
 
-def _explain_failed_association(
+def explain_failed_association(
     assoc: Association, calling_ae: str, target: Target, waited: float, timeout: float
 ) -> str:
     if not assoc.is_rejected and waited >= timeout * 0.9:
@@ -123,7 +123,7 @@ def _explain_failed_association(
 def echo(target: Target, calling_ae: str, timeout: float = 10.0) -> EchoResult:
     """C-ECHO the target, timing the connection, the association and the echo."""
     start = time.perf_counter()
-    problem = _check_tcp(target, timeout)
+    problem = check_tcp(target, timeout)
     connect_ms = (time.perf_counter() - start) * 1000
     if problem:
         return EchoResult(False, problem)
@@ -139,7 +139,7 @@ def echo(target: Target, calling_ae: str, timeout: float = 10.0) -> EchoResult:
         waited = associate_ms / 1000
         return EchoResult(
             False,
-            _explain_failed_association(assoc, calling_ae, target, waited, timeout),
+            explain_failed_association(assoc, calling_ae, target, waited, timeout),
             connect_ms,
         )
     try:
@@ -245,13 +245,13 @@ def send_files(
         ae.network_timeout = timeout
         ae.dimse_timeout = timeout
         ae.requested_contexts = contexts
-        problem = _check_tcp(target, timeout)
+        problem = check_tcp(target, timeout)
         if problem is None:
             began = time.perf_counter()
             assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
             if not assoc.is_established:
                 waited = time.perf_counter() - began
-                problem = _explain_failed_association(assoc, calling_ae, target, waited, timeout)
+                problem = explain_failed_association(assoc, calling_ae, target, waited, timeout)
         if problem is not None:
             with lock:
                 report.failures.extend((item.path, problem) for item in chunk)

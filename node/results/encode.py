@@ -20,10 +20,10 @@ from node.results.context import ALL_OUTPUTS, EncodingInput, OutputKind
 from node.results.fallbacks import build_key_images, build_kos, build_summary
 from node.results.seg import build_seg
 from node.results.sr import build_sr
-from node.store.files import TEMP_MARK, fsync_dir
+from node.store.files import OUTPUTS_DIR, TEMP_MARK, fsync_dir
 from node.store.results import write_file_durably
 
-OUTPUTS_DIR = "dicom"
+__all__ = ["OUTPUTS_DIR", "Output", "encode", "write_outputs"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
 """Instances on disk (atomic, durable) and the SQL index over them."""
 
+from node.store.deliveries import DeliveryQueue, delivery_id_for
 from node.store.header import check_uid, read_header
 from node.store.index import (
     CompletedUnit,
@@ -12,6 +13,7 @@ from node.store.jobs import JobQueue, job_id_for
 
 __all__ = [
     "CompletedUnit",
+    "DeliveryQueue",
     "InstanceIndex",
     "InstanceStore",
     "JobQueue",
@@ -19,6 +21,7 @@ __all__ = [
     "SeriesSummary",
     "StudySummary",
     "check_uid",
+    "delivery_id_for",
     "job_id_for",
     "read_header",
 ]

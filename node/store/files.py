@@ -31,6 +31,8 @@ def free_bytes(root: Path) -> int:
 
 STAGING_DIR = ".incoming"
 RESULTS_DIR = "results"  # model results, beside the study folders (never a UID)
+OUTPUTS_DIR = "dicom"  # a result's encoded DICOM objects: results/<job>/dicom/
+RESULT_META = "result.json"  # a result's metadata, with the list of its objects
 
 
 def check_reserve(folder: Path, size: int, reserve_bytes: int) -> None:

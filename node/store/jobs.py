@@ -379,6 +379,34 @@ class JobQueue:
             )
         return True
 
+    def requeue_failed(self, job_id: str, now: float) -> bool:
+        """Put a job that failed before it was encoded back in the queue, with fresh
+        attempts; False when the job is not in that state."""
+        with self.index.write_transaction() as conn:
+            row = conn.execute(
+                select(jobs).where(
+                    jobs.c.id == job_id,
+                    jobs.c.state == JobState.FAILED,
+                    jobs.c.result_relpath.is_(None),
+                )
+            ).first()
+            if row is None:
+                return False
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    state=JobState.PENDING,
+                    attempts=0,
+                    reason=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+            )
+            _event(conn, now, "job_retry_requested", row, {"previous_reason": row.reason})
+        return True
+
     # -- listings --------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:

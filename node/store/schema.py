@@ -110,6 +110,34 @@ jobs = Table(
     Index("ix_jobs_state", "state", "priority"),
 )
 
+# One row per (job, destination): the job's results on their way to that destination.
+# Deliveries move on independently, so a dead destination never holds up the others.
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("job_id", String(36), ForeignKey("jobs.id"), nullable=False),
+    Column("study_uid", UID, nullable=False),
+    Column("series_uid", UID, nullable=False),
+    Column("destination", String(64), nullable=False),
+    # pending -> sending -> delivered, or failed (the dead letter: retried by `radnode retry`)
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+    # For a pending delivery, "not before" (the retry delay); for a sending one, the lease.
+    Column("due_at", Float, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("reason", Text),
+    # JSON list of the SOP instance UIDs the destination has confirmed so far.
+    Column("confirmed", Text),
+    Column("created_at", Float, nullable=False),
+    # When the current round of attempts began: the maximum age counts from here.
+    Column("started_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("delivered_at", Float),
+    Index("ix_deliveries_due", "state", "destination", "due_at"),
+    Index("ix_deliveries_job", "job_id"),
+)
+
 events = Table(
     "events",
     metadata,

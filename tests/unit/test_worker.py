@@ -131,6 +131,7 @@ def make_config(root: Path, **inference: Any) -> NodeConfig:
                     "host": "127.0.0.1",
                     "port": 11114,
                     "outputs": ["seg", "sr", "pdf"],
+                    "fallback_outputs": ["kos"],
                 },
             ],
             "routes": [
@@ -547,14 +548,16 @@ def job_for(*send_to: str) -> Job:
 
 
 def test_output_kinds_are_the_union_of_the_destinations_outputs(worker: Worker) -> None:
-    # Given destinations wanting [sc, kos, pdf] and [seg, sr, pdf]
+    # Given destinations wanting [sc, kos, pdf] and [seg, sr, pdf] (with kos in case it
+    # refuses SEG or SR)
     # Then one destination gets its own kinds, two get their union without repeats
     assert worker.output_kinds(job_for("viewer")) == ["sc", "kos", "pdf"]
     both = worker.output_kinds(job_for("viewer", "archive"))
     assert sorted(both) == sorted({"sc", "kos", "pdf", "seg", "sr"})
     assert len(both) == len(set(both))
-    # And a destination no longer configured adds nothing
-    assert worker.output_kinds(job_for("archive", "gone")) == ["seg", "sr", "pdf"]
+    # And the fallback of a destination wanting SEG and SR is encoded too, in case
+    # it refuses them; a destination no longer configured adds nothing
+    assert worker.output_kinds(job_for("archive", "gone")) == ["seg", "sr", "kos", "pdf"]
 
 
 def test_output_kinds_are_everything_for_a_job_without_destinations(worker: Worker) -> None:
