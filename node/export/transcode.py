@@ -64,9 +64,10 @@ def transcode(ds: Dataset, candidates: Sequence[str]) -> str:
             return syntax
         try:
             if current.is_compressed:
-                ds.decompress()
+                # The same object in another encoding: its SOP Instance UID stays.
+                ds.decompress(generate_instance_uid=False)
             if syntax.is_compressed:
-                ds.compress(syntax)
+                ds.compress(syntax, generate_instance_uid=False)
             else:
                 ds.file_meta.TransferSyntaxUID = syntax
             return syntax
