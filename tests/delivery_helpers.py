@@ -40,9 +40,7 @@ class EncodedJob:
     source_files: list[Path]
 
     def sop_uids(self, *kinds: str) -> set[str]:
-        return {
-            str(o.dataset.SOPInstanceUID) for o in self.outputs if not kinds or o.kind in kinds
-        }
+        return {str(o.dataset.SOPInstanceUID) for o in self.outputs if not kinds or o.kind in kinds}
 
 
 def make_store(config: NodeConfig) -> InstanceStore:

@@ -31,6 +31,7 @@ from node.ingest.scp import open_shared_socket
 from node.logs import configure_logging
 from node.store import InstanceIndex, InstanceStore, JobQueue
 from node.store.index import WriteLock
+from node.store.owners import this_host
 
 log = structlog.get_logger("radnode.serve")
 
@@ -186,6 +187,9 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
         unreadable=report.unreadable,
         partial_files_removed=report.partial_removed,
     )
+    released = JobQueue(store.index).release_orphans(this_host(), time.time())
+    if released:
+        log.info("jobs_resumed", count=released, reason="their worker stopped with the node")
     limiter = AssociationLimiter(config.node.max_associations)
     extra = config.node.listener_processes - 1
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from node.results.encode import OUTPUTS_DIR, encode, write_outputs
 from node.routing import explain_mismatch, match_routes
 from node.store import InstanceStore, JobQueue
 from node.store.files import RESULTS_DIR
+from node.store.owners import this_host
 from node.store.results import save_result
 
 log = structlog.get_logger("radnode.work")
@@ -206,7 +206,7 @@ class Worker:
         self.queue = JobQueue(store.index)
         self.registry = registry
         # Fits jobs.lease_owner (64 characters) however long the host name is.
-        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:w{number}"
+        self.owner = f"{this_host()}:{os.getpid()}:w{number}"
         self.number = number
         self._clock = clock
         self._pipelines: dict[str, Pipeline] = {}

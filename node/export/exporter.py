@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from node.export.outbound import OutboundObject, load_outbound
 from node.export.stow import stow_to_server
 from node.store import InstanceIndex
 from node.store.deliveries import DeliveryQueue
+from node.store.owners import this_host
 
 log = structlog.get_logger("radnode.export")
 
@@ -57,7 +57,7 @@ class Exporter:
         self.config = config
         self.queue = DeliveryQueue(index)
         self.root = Path(root)
-        self.host = socket.gethostname()[:40]
+        self.host = this_host()
         # Fits deliveries.lease_owner; release_orphans reads the pid back from it.
         self.owner = f"{self.host}:{os.getpid()}:exporter"
         self._clock = clock

@@ -11,15 +11,15 @@ is under way, delivered when all are, failed when any has given up).
 from __future__ import annotations
 
 import json
-import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from node.domain import Delivery, DeliveryState, JobState
 from node.store.index import InstanceIndex
+from node.store.owners import owner_is_gone
 from node.store.schema import deliveries, events, jobs
 
 _DELIVERY_NAMESPACE = uuid.UUID("5d0b6c1e-8f3e-4f7b-9a59-2c1b8e0f4d21")
@@ -104,17 +104,6 @@ def _settle_job(conn: Connection, job_id: str, now: float) -> JobState:
                 {"destinations": destinations, **({"reason": reason} if reason else {})},
             )
     return state
-
-
-def pid_alive(pid: int) -> bool:
-    """True when a process with this pid exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class DeliveryQueue:
@@ -346,9 +335,7 @@ class DeliveryQueue:
                 self._fail(conn, row, reason, now)
         return len(rows)
 
-    def release_orphans(
-        self, host: str, now: float, alive: Callable[[int], bool] = pid_alive
-    ) -> int:
+    def release_orphans(self, host: str, now: float) -> int:
         """Put back deliveries left `sending` by an exporter on this host that died
         (kill -9), so that they go on at once instead of after their lease."""
         released = 0
@@ -360,11 +347,7 @@ class DeliveryQueue:
                 )
             ).all()
             for row in rows:
-                try:
-                    pid = int(str(row.lease_owner).split(":")[1])
-                except (IndexError, ValueError):
-                    continue
-                if alive(pid) and pid != os.getpid():
+                if not owner_is_gone(row.lease_owner, host):
                     continue
                 conn.execute(
                     update(deliveries)
@@ -376,7 +359,7 @@ class DeliveryQueue:
                     now,
                     "delivery_resumed",
                     row,
-                    {"destination": row.destination, "reason": "the previous run stopped"},
+                    {"destination": row.destination, "reason": "the node stopped mid-delivery"},
                 )
                 released += 1
         return released

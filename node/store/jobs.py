@@ -18,6 +18,7 @@ from sqlalchemy import Connection, and_, exists, insert, or_, select, update
 
 from node.domain import Job, JobState, RouteMatch, SeriesFacts, SeriesState
 from node.store.index import InstanceIndex
+from node.store.owners import owner_is_gone
 from node.store.schema import events, instances, jobs, series
 
 # The series events a job's timeline shows before its own.
@@ -294,6 +295,24 @@ class JobQueue:
             )
             claimed = conn.execute(select(jobs).where(jobs.c.id == row.id)).one()
         return _job(claimed)
+
+    def release_orphans(self, host: str, now: float) -> int:
+        """Expire the leases of running jobs whose worker on this host is gone (the node
+        was killed), so that they run again at once rather than after the lease."""
+        with self.index.write_transaction() as conn:
+            rows = conn.execute(
+                select(jobs).where(
+                    jobs.c.state == JobState.RUNNING,
+                    jobs.c.lease_owner.startswith(f"{host}:", autoescape=True),
+                )
+            ).all()
+            gone = [row for row in rows if owner_is_gone(row.lease_owner, host)]
+            for row in gone:
+                conn.execute(
+                    update(jobs).where(jobs.c.id == row.id).values(lease_expires_at=now - 1)
+                )
+                _event(conn, now, "job_lease_released", row, {"reason": "its worker is gone"})
+        return len(gone)
 
     def renew(self, job_id: str, owner: str, lease_seconds: float, now: float) -> bool:
         """Extend the lease; False when `owner` no longer holds it."""

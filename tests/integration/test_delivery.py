@@ -250,7 +250,9 @@ def test_a_dead_destination_never_blocks_another_and_ends_in_the_failed_list(
     # Then the PACS has its results while the dead destination waits for a retry with
     # the reason in words
     assert set(result_instances(orthanc, job)) == job.sop_uids()
-    [pending] = [d for d in DeliveryQueue(store.index).for_job(job.job.id) if d.destination == "dead"]
+    [pending] = [
+        d for d in DeliveryQueue(store.index).for_job(job.job.id) if d.destination == dead["name"]
+    ]
     assert "connection refused" in str(pending.reason)
     assert pending.due_at == pytest.approx(clock() + 1.0)  # base delay, jitter at its top
     assert queue.get(job.job.id).state is JobState.DELIVERING  # type: ignore[union-attr]
@@ -267,6 +269,8 @@ def test_a_dead_destination_never_blocks_another_and_ends_in_the_failed_list(
     assert DeliveryQueue(store.index).retry_job(job.job.id, clock()) == 1
     # Then the job is delivering again and the delivery is due now, with fresh attempts
     assert queue.get(job.job.id).state is JobState.DELIVERING  # type: ignore[union-attr]
-    [again] = [d for d in DeliveryQueue(store.index).for_job(job.job.id) if d.destination == "dead"]
+    [again] = [
+        d for d in DeliveryQueue(store.index).for_job(job.job.id) if d.destination == dead["name"]
+    ]
     assert again.state is DeliveryState.PENDING and again.attempts == 0
     store.close()
