@@ -19,11 +19,11 @@ from types import FrameType
 import pydicom
 import structlog
 
-from node.assembly import CompletionSweeper
+from node.assembly import CompletionSweeper, CountedCompletion
 from node.cli.work import Worker, route_pending
 from node.config import NodeConfig
 from node.errors import ConfigError
-from node.export import Exporter
+from node.export import Exporter, Target, count_series_instances
 from node.inference.package import ModelRegistry
 from node.inference.pipelines import PIPELINES
 from node.ingest import AssociationLimiter, DicomListener
@@ -152,6 +152,34 @@ def _route_loop(
             log.exception("routing_failed")
 
 
+def _start_counted_completion(
+    config: NodeConfig, store: InstanceStore, stop: threading.Event
+) -> threading.Thread | None:
+    """Ask the sources that answer C-FIND how many instances each series has."""
+    queried = {s.name: s for s in config.sources if s.completeness_query is not None}
+    if not queried:
+        return None
+
+    def counter(source: str, study_uid: str, series_uid: str) -> int | None:
+        query = queried[source].completeness_query
+        if query is None:  # only sources with a query are asked
+            return None
+        target = Target(query.ae_title or queried[source].ae_title, query.host, query.port)
+        return count_series_instances(
+            target, config.node.ae_title, study_uid, series_uid, query.timeout_seconds
+        )
+
+    intervals = {
+        name: s.completeness_query.interval_seconds
+        for name, s in queried.items()
+        if s.completeness_query is not None
+    }
+    completion = CountedCompletion(store.index, counter, intervals)
+    thread = threading.Thread(target=completion.run, args=(stop,), name="counted-completion")
+    thread.start()
+    return thread
+
+
 def _cannot_listen(config: NodeConfig, store: InstanceStore, exc: OSError) -> int:
     log.error(
         "dicom_listener_failed",
@@ -245,6 +273,7 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
     )
     sweep_thread = threading.Thread(target=sweeper.run, args=(stop,), name="completion")
     sweep_thread.start()
+    counted_thread = _start_counted_completion(config, store, stop)
     route_thread = threading.Thread(
         target=_route_loop,
         args=(config, store, stop, sweeper.interval_seconds),
@@ -306,6 +335,8 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
     sweep_thread.join()
     route_thread.join()
     export_thread.join()
+    if counted_thread is not None:
+        counted_thread.join()
     store.close()
     log.info("node_stopped")
     return 0

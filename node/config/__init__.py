@@ -2,6 +2,7 @@
 
 from node.config.loader import DEFAULT_CONFIG_PATH, load_config, resolve_config_path
 from node.config.model import (
+    CompletenessQuery,
     CompletionSettings,
     DeliverySettings,
     Destination,
@@ -16,6 +17,7 @@ from node.config.model import (
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "CompletenessQuery",
     "CompletionSettings",
     "DeliverySettings",
     "Destination",

@@ -136,6 +136,26 @@ class StorageSettings(_Section):
         return f"sqlite:///{(self.root / 'index.sqlite3').resolve()}"
 
 
+class CompletenessQuery(_Section):
+    """Where to ask a source (C-FIND) how many instances a series has."""
+
+    host: str = Field(min_length=1, description="the source's host name or IP address for C-FIND")
+    port: Port = Field(description="the source's DICOM port for C-FIND (its SCP port)")
+    ae_title: AETitle | None = Field(
+        None,
+        description="the AE title to query; empty means the source's own ae_title",
+    )
+    interval_seconds: float = Field(
+        5.0,
+        ge=0.5,
+        le=3600,
+        description="how often to ask again while a series is still short of the count",
+    )
+    timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="seconds to wait for the source's C-FIND answer"
+    )
+
+
 class Source(_Section):
     """A sender IT allows: a PACS or modality, by AE title and (optionally) host."""
 
@@ -145,6 +165,12 @@ class Source(_Section):
         None,
         description="addresses or CIDR blocks this sender may call from; leave out to accept "
         "the AE title from any host",
+    )
+    completeness_query: CompletenessQuery | None = Field(
+        None,
+        description="for a PACS that answers C-FIND: where to ask how many instances a series "
+        "has, so a series is complete as soon as all are here (the quiet timer stays the "
+        "fallback); leave out for modalities",
     )
 
     @field_validator("hosts", mode="before")

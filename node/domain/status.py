@@ -9,6 +9,9 @@ DATA_SET_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
 CANNOT_UNDERSTAND: Final = 0xC210
 PROCESSING_FAILURE: Final = 0x0110
 SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
+# C-FIND: a match follows (the second: some optional keys were not supported)
+PENDING: Final = 0xFF00
+PENDING_WARNING: Final = 0xFF01
 
 STATUS_NAMES: Final = {
     SUCCESS: "success",

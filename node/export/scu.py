@@ -15,14 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
 from node.domain.status import (
+    PENDING,
+    PENDING_WARNING,
     REASON_CALLED_AE_NOT_RECOGNIZED,
     REASON_CALLING_AE_NOT_RECOGNIZED,
     SOURCE_SERVICE_USER,
@@ -305,3 +311,44 @@ def _store_one(assoc: Association, item: _SendItem) -> str | None:
     if code & 0xF000 == 0xB000:
         return f"warning {text}"
     return f"failed {text}"
+
+
+def count_series_instances(
+    target: Target, calling_ae: str, study_uid: str, series_uid: str, timeout: float = 10.0
+) -> int | None:
+    """Ask a PACS (C-FIND, study root, SERIES level) how many instances a series has.
+
+    Returns NumberOfSeriesRelatedInstances, or None when the peer cannot say (not
+    reachable, association refused, no match, no count in the answer): the caller
+    then falls back to its quiet timer. Raises nothing for network trouble.
+    """
+    if check_tcp(target, timeout) is not None:
+        return None
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout
+    ae.connection_timeout = timeout
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
+    if not assoc.is_established:
+        return None
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = study_uid
+    query.SeriesInstanceUID = series_uid
+    query.NumberOfSeriesRelatedInstances = ""
+    counts: list[int] = []
+    try:
+        for status, identifier in assoc.send_c_find(
+            query, StudyRootQueryRetrieveInformationModelFind
+        ):
+            if not status or int(status.Status) not in (PENDING, PENDING_WARNING):
+                continue
+            value = identifier.get("NumberOfSeriesRelatedInstances") if identifier else None
+            if value not in (None, ""):
+                counts.append(int(value))
+    except (ValueError, TypeError):  # a malformed count: no answer
+        return None
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return max(counts) if counts else None

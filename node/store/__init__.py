@@ -5,6 +5,7 @@ from node.store.header import check_uid, read_header
 from node.store.index import (
     CompletedUnit,
     InstanceIndex,
+    ReceivingSeries,
     SeriesSummary,
     StudySummary,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "InstanceIndex",
     "InstanceStore",
     "JobQueue",
+    "ReceivingSeries",
     "ReindexReport",
     "SeriesSummary",
     "StudySummary",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +111,17 @@ class CompletedUnit:
 
     study_uid: str
     series_uid: str | None
+    instance_count: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivingSeries:
+    """A series still receiving, as completeness queries see it."""
+
+    study_uid: str
+    series_uid: str
+    source: str
     instance_count: int
     generation: int
 
@@ -547,6 +558,62 @@ class InstanceIndex:
                     CompletedUnit(row.study_uid, row.series_uid, row.instance_count, row.generation)
                 )
         return done
+
+    def receiving_series(self, sources: Sequence[str]) -> list[ReceivingSeries]:
+        """Series still receiving from the given sources, with their instance counts."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(
+                    series.c.study_uid,
+                    series.c.series_uid,
+                    series.c.source,
+                    series.c.instance_count,
+                    series.c.generation,
+                ).where(series.c.state == SeriesState.RECEIVING, series.c.source.in_(list(sources)))
+            ).all()
+        return [
+            ReceivingSeries(r.study_uid, r.series_uid, r.source, r.instance_count, r.generation)
+            for r in rows
+        ]
+
+    def complete_counted_series(
+        self, series_uid: str, generation: int, expected: int, now: float
+    ) -> CompletedUnit | None:
+        """Mark a series complete because it holds the `expected` instances its sender
+        reported; None when it is no longer receiving, changed generation, or is short."""
+        with self._write() as conn:
+            row = conn.execute(
+                select(series.c.study_uid, series.c.instance_count).where(
+                    series.c.series_uid == series_uid,
+                    series.c.state == SeriesState.RECEIVING,
+                    series.c.generation == generation,
+                    series.c.instance_count >= expected,
+                )
+            ).first()
+            if row is None:
+                return None
+            conn.execute(
+                update(series)
+                .where(series.c.series_uid == series_uid)
+                .values(state=SeriesState.COMPLETE, completed_at=now)
+            )
+            conn.execute(
+                insert(events).values(
+                    at=now,
+                    kind="series_complete",
+                    study_uid=row.study_uid,
+                    series_uid=series_uid,
+                    detail=json.dumps(
+                        {
+                            "instances": row.instance_count,
+                            "generation": generation,
+                            "by": "count from the sender (C-FIND)",
+                            "expected": expected,
+                        }
+                    ),
+                )
+            )
+        return CompletedUnit(row.study_uid, series_uid, row.instance_count, generation)
 
     def complete_quiet_studies(self, quiet_before: float, now: float) -> list[CompletedUnit]:
         """Mark complete every receiving study that is quiet and has no receiving series."""

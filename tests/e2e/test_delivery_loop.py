@@ -101,11 +101,13 @@ def loop_factory(
 ) -> Iterator[Callable[..., Loop]]:
     pacs_list: list[Orthanc] = []
 
-    def make(lua: str | None = None) -> Loop:
+    def make(
+        lua: str | None = None, completion: dict[str, float] = FAST, ask_pacs: bool = False
+    ) -> Loop:
         node = node_factory(
             start=False,
             sources=[{"name": "pacs", "ae_title": "ORTHANC", "hosts": ["127.0.0.1"]}],
-            completion=FAST,
+            completion=completion,
             routes=[ROUTE],
             delivery=QUICK_RETRIES,
             inference={"workers": 1, "lease_seconds": 10},
@@ -117,6 +119,10 @@ def loop_factory(
         )
         pacs_list.append(pacs)
         pacs.start()
+        if ask_pacs:
+            node.config["sources"][0]["completeness_query"] = {
+                "host": "127.0.0.1", "port": pacs.dicom_port, "interval_seconds": 1,
+            }  # fmt: skip
         node.config["destinations"] = [
             {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs.dicom_port}
         ]
@@ -244,3 +250,25 @@ def test_kill_9_during_inference_and_during_delivery_leaves_one_copy_of_each_res
     # And the PACS holds exactly one copy of each result, with the same UIDs
     stored = loop.results_in_pacs(job_id)
     assert sorted(i["SOPInstanceUID"] for i in stored) == sorted(expected)
+
+
+def test_a_series_is_complete_as_soon_as_the_pacs_count_is_reached(
+    loop_factory: Callable[..., Loop],
+) -> None:
+    # Given a node that asks the PACS (C-FIND) how many instances a series has, with a
+    # quiet timer of five minutes
+    loop = loop_factory(completion={"series_quiet_seconds": 300, "study_quiet_seconds": 600},
+                        ask_pacs=True)  # fmt: skip
+    # When the PACS sends the 40-slice study
+    started = time.monotonic()
+    loop.send_study()
+    # Then the series is complete within seconds, by the count, not by the timer
+    complete = wait_until(
+        "completion by count", lambda: event(loop.node, "series_complete"), 30, loop.node
+    )
+    assert complete["by"] == "c-find"
+    assert complete["expected"] == complete["instances"] == SMALL.slices
+    assert time.monotonic() - started < 30
+    # And the job's timeline says how the series was found complete
+    shown = loop.radnode("jobs", loop.job_id())
+    assert "count from the sender (C-FIND)" in shown.stdout, shown.stdout + shown.stderr
