@@ -304,7 +304,14 @@ def summarise_config(config: NodeConfig) -> str:
     ]
     for s in config.sources:
         hosts = ", ".join(str(h) for h in s.hosts) if s.hosts is not None else "any host"
-        lines.append(f"  - {s.name}: calling AE {s.ae_title} from {hosts}")
+        query = s.completeness_query
+        asks = (
+            f"; asks {query.ae_title or s.ae_title}@{query.host}:{query.port} (C-FIND) how "
+            "many instances a series has"
+            if query
+            else ""
+        )
+        lines.append(f"  - {s.name}: calling AE {s.ae_title} from {hosts}{asks}")
     lines.append(f"destinations {len(config.destinations)}")
     for d in config.destinations:
         fallback = ", ".join(d.fallback_outputs) or "nothing"

@@ -37,6 +37,7 @@ log = structlog.get_logger("radnode.serve")
 
 _PR_SET_PDEATHSIG = 1
 CHILD_START_SECONDS = 60
+ROUTE_POLL_SECONDS = 0.2  # routing looks for newly complete series (a read when idle)
 
 
 def open_store(config: NodeConfig, write_lock: WriteLock | None = None) -> InstanceStore:
@@ -276,7 +277,7 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
     counted_thread = _start_counted_completion(config, store, stop)
     route_thread = threading.Thread(
         target=_route_loop,
-        args=(config, store, stop, sweeper.interval_seconds),
+        args=(config, store, stop, ROUTE_POLL_SECONDS),
         name="routing",
     )
     route_thread.start()

@@ -35,7 +35,7 @@ from node.inference.pipelines import (
 )
 from node.inference.volume import SeriesRejected, read_series
 from node.results.context import ALL_OUTPUTS, DecisionSupport, EncodingInput, OutputKind
-from node.results.encode import OUTPUTS_DIR, encode, write_outputs
+from node.results.encode import OUTPUTS_DIR, encode, warm_up_encoders, write_outputs
 from node.routing import explain_mismatch, match_routes
 from node.store import InstanceStore, JobQueue
 from node.store.files import RESULTS_DIR
@@ -44,7 +44,7 @@ from node.store.results import save_result
 
 log = structlog.get_logger("radnode.work")
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.2  # claims look first with a read, so an idle poll costs no write
 RETRY_BASE_SECONDS = 10.0
 RETRY_MAX_SECONDS = 600.0
 
@@ -220,7 +220,9 @@ class Worker:
         return self._pipelines[model]
 
     def warm_up(self) -> None:
-        """Build the pipeline of every model a route names, before any job comes."""
+        """Build the pipeline of every model a route names, and load the encoders'
+        tables, before any job comes."""
+        warm_up_encoders()
         for model in sorted({route.model for route in self.config.routes}):
             try:
                 self.pipeline(model)

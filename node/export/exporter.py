@@ -31,7 +31,7 @@ from node.store.owners import this_host
 
 log = structlog.get_logger("radnode.export")
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.2  # idle polls only read the index
 MIN_LEASE_SECONDS = 300.0
 
 
@@ -64,6 +64,7 @@ class Exporter:
         self._rng = rng
         self._refusals_logged: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        self._wake: dict[str, threading.Event] = {}
 
     # -- the loops -------------------------------------------------------------------
 
@@ -72,6 +73,7 @@ class Exporter:
         released = self.queue.release_orphans(self.host, self._clock())
         if released:
             log.info("deliveries_resumed", count=released)
+        self._wake = {d.name: threading.Event() for d in self.config.destinations}
         threads = [
             threading.Thread(
                 target=self._destination_loop,
@@ -89,6 +91,8 @@ class Exporter:
             except Exception:  # the index busy or the disk failing: try again
                 log.exception("export_error")
             stop.wait(POLL_SECONDS)
+        for event in self._wake.values():
+            event.set()
         for thread in threads:
             thread.join(timeout=self._longest_timeout() + 5)
 
@@ -103,7 +107,10 @@ class Exporter:
                 log.exception("export_error", destination=destination.name)
                 delivery = None
             if delivery is None:
-                stop.wait(POLL_SECONDS)
+                # Woken at once when deliveries open, else each poll (retries fall due).
+                wake = self._wake[destination.name]
+                wake.wait(POLL_SECONDS)
+                wake.clear()
 
     def open_deliveries(self) -> int:
         """Open deliveries for encoded jobs; fail those to unconfigured destinations."""
@@ -111,6 +118,9 @@ class Exporter:
         opened = self.queue.open_deliveries(now)
         for job_id in opened:
             log.info("job_delivering", job_id=job_id)
+        if opened:
+            for event in self._wake.values():
+                event.set()
         orphaned = self.queue.fail_unknown_destinations(
             [d.name for d in self.config.destinations], now
         )

@@ -120,14 +120,19 @@ class DeliveryQueue:
         `radnode send` can push them by hand.
         """
         opened: list[str] = []
+        encoded = and_(
+            jobs.c.state == JobState.ENCODED,
+            jobs.c.send_to.is_not(None),
+            jobs.c.send_to != "[]",
+        )
+        # The exporter polls often: an idle poll only reads.
+        with self.index.read_transaction() as conn:
+            if conn.execute(select(jobs.c.id).where(encoded).limit(1)).first() is None:
+                return opened
         with self.index.write_transaction() as conn:
             rows = conn.execute(
                 select(jobs)
-                .where(
-                    jobs.c.state == JobState.ENCODED,
-                    jobs.c.send_to.is_not(None),
-                    jobs.c.send_to != "[]",
-                )
+                .where(encoded)
                 .order_by(jobs.c.priority.desc(), jobs.c.updated_at)
                 .limit(limit)
             ).all()
@@ -170,15 +175,19 @@ class DeliveryQueue:
 
         A delivery whose lease expired (its exporter died) is due again.
         """
+        due = and_(
+            deliveries.c.destination == destination,
+            deliveries.c.state.in_(_UNDER_WAY),
+            deliveries.c.due_at <= now,
+        )
+        with self.index.read_transaction() as conn:  # an idle poll only reads
+            if conn.execute(select(deliveries.c.id).where(due).limit(1)).first() is None:
+                return None
         with self.index.write_transaction() as conn:
             row = conn.execute(
                 select(deliveries, jobs.c.result_relpath)
                 .join(jobs, jobs.c.id == deliveries.c.job_id)
-                .where(
-                    deliveries.c.destination == destination,
-                    deliveries.c.state.in_(_UNDER_WAY),
-                    deliveries.c.due_at <= now,
-                )
+                .where(due)
                 .order_by(jobs.c.priority.desc(), deliveries.c.due_at)
                 .limit(1)
                 .with_for_update(skip_locked=True)
@@ -320,13 +329,14 @@ class DeliveryQueue:
 
     def fail_unknown_destinations(self, known: Sequence[str], now: float) -> int:
         """Fail deliveries under way to destinations the configuration no longer has."""
+        unknown = and_(
+            deliveries.c.state.in_(_UNDER_WAY), deliveries.c.destination.not_in(list(known))
+        )
+        with self.index.read_transaction() as conn:  # polled often: an idle poll only reads
+            if conn.execute(select(deliveries.c.id).where(unknown).limit(1)).first() is None:
+                return 0
         with self.index.write_transaction() as conn:
-            rows = conn.execute(
-                select(deliveries).where(
-                    deliveries.c.state.in_(_UNDER_WAY),
-                    deliveries.c.destination.not_in(list(known)),
-                )
-            ).all()
+            rows = conn.execute(select(deliveries).where(unknown)).all()
             for row in rows:
                 reason = (
                     f"destination {row.destination!r} is not configured; add it under "

@@ -237,6 +237,20 @@ class JobQueue:
         its attempts that way is marked failed instead.
         """
         expired = and_(jobs.c.state == JobState.RUNNING, jobs.c.lease_expires_at < now)
+        # A pending job waits out its retry delay (kept in lease_expires_at), and runs
+        # only on the generation of its series that is complete now: a series reopened
+        # by a late instance waits until it is complete again.
+        pending = and_(
+            jobs.c.state == JobState.PENDING,
+            or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at <= now),
+        )
+        # Workers poll often: an idle poll only reads, and never waits for the writers.
+        with self.index.read_transaction() as conn:
+            if (
+                conn.execute(select(jobs.c.id).where(or_(pending, expired)).limit(1)).first()
+                is None
+            ):
+                return None
         with self.index.write_transaction() as conn:
             worn_out = conn.execute(
                 select(jobs).where(expired, jobs.c.attempts >= max_attempts)
@@ -252,13 +266,6 @@ class JobQueue:
                     .values(state=JobState.FAILED, reason=reason, lease_owner=None, updated_at=now)
                 )
                 _event(conn, now, "job_failed", row, {"reason": reason})
-            # A pending job waits out its retry delay (kept in lease_expires_at), and
-            # runs only on the generation of its series that is complete now: a series
-            # reopened by a late instance waits until it is complete again.
-            pending = and_(
-                jobs.c.state == JobState.PENDING,
-                or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at <= now),
-            )
             current = exists().where(
                 series.c.series_uid == jobs.c.series_uid,
                 series.c.generation == jobs.c.generation,

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 
 from node.synthetic.phantom import PhantomTruth, write_chest_phantom
-from tests.helpers import NodeProcess
+from tests.helpers import NodeProcess, free_port
 from tests.orthanc import Orthanc
 from tests.results_helpers import SMALL
 
@@ -102,7 +102,10 @@ def loop_factory(
     pacs_list: list[Orthanc] = []
 
     def make(
-        lua: str | None = None, completion: dict[str, float] = FAST, ask_pacs: bool = False
+        lua: str | None = None,
+        completion: dict[str, float] = FAST,
+        ask_pacs: bool = False,
+        offline_too: bool = False,
     ) -> Loop:
         node = node_factory(
             start=False,
@@ -126,6 +129,11 @@ def loop_factory(
         node.config["destinations"] = [
             {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs.dicom_port}
         ]
+        if offline_too:  # a second destination that nothing answers for
+            node.config["destinations"].append(
+                {"name": "offline", "ae_title": "GONE", "host": "127.0.0.1", "port": free_port()}
+            )
+            node.config["routes"][0]["send_to"] = ["offline", "pacs"]
         node.config_path.write_text(json.dumps(node.config))  # JSON is YAML
         node.start()
         assert phantom.series is not None
@@ -141,18 +149,21 @@ def loop_factory(
 def test_a_study_sent_by_the_pacs_comes_back_with_its_results(
     loop_factory: Callable[..., Loop],
 ) -> None:
-    # Given a node routing chest CTs from the PACS to the lung model and back
-    loop = loop_factory()
+    # Given a node routing chest CTs from the PACS to the lung model and back to the
+    # PACS, and to a second destination that is offline
+    loop = loop_factory(offline_too=True)
     # When the PACS sends the study to the node
     loop.send_study()
     job_id = loop.job_id()
-    # Then the job ends delivered
+    # Then the results are delivered to the PACS while the offline one is retried
     wait_until(
         "delivery",
-        lambda: event(loop.node, "delivered", job_id=job_id, job_state="delivered"),
+        lambda: event(loop.node, "delivered", job_id=job_id, destination="pacs"),
         180,
         loop.node,
     )
+    retry = event(loop.node, "delivery_retry", job_id=job_id, destination="offline")
+    assert retry is not None and "connection refused" in retry["reason"]
     # And the PACS holds every result in the source study: SEG, SR, key images, KOS
     # and the summary, with the node's UIDs
     expected = loop.expected(job_id)
@@ -171,11 +182,13 @@ def test_a_study_sent_by_the_pacs_comes_back_with_its_results(
     kos = pydicom.dcmread(io.BytesIO(loop.pacs.instance_file(by_kind["kos"]["ID"])))
     evidence = kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
     assert {item.SeriesInstanceUID for item in evidence} <= source_series
-    # And `radnode jobs JOB` tells the story up to the delivery
+    # And `radnode jobs JOB` tells the story up to the delivery, and what is pending
     shown = loop.radnode("jobs", job_id)
     assert shown.returncode == 0, shown.stderr
+    assert f"job {job_id}  delivering" in shown.stdout
     assert "to pacs: delivered" in shown.stdout
-    for step in ("series_complete", "job_inferred", "job_encoded", "delivered", "job_delivered"):
+    assert "to offline: pending" in shown.stdout and "connection refused" in shown.stdout
+    for step in ("series_complete", "job_inferred", "job_encoded", "job_delivering", "delivered"):
         assert step in shown.stdout
 
 

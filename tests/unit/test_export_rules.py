@@ -25,6 +25,7 @@ from node.cli.serve import open_store
 from node.config import Destination, NodeConfig
 from node.domain import SeriesState
 from node.export.outbound import kinds_to_send
+from node.export.stow import make_session
 from node.export.transcode import CannotTranscode, choose_syntax, proposed_syntaxes, transcode
 from node.store import read_header
 from node.synthetic import write_ct_series
@@ -185,3 +186,19 @@ def test_a_series_completes_when_the_senders_count_is_reached(tmp_path: Path) ->
     [event] = store.index.events("series_complete")
     assert event["detail"]["by"] == "count from the sender (C-FIND)"
     store.close()
+
+
+def test_stow_rs_sessions_carry_the_configured_credentials() -> None:
+    bearer = Destination.model_validate(
+        {"name": "web", "url": "https://x/dicom-web", "auth": {"type": "bearer", "token": "t0k"}}
+    )
+    basic = Destination.model_validate(
+        {
+            "name": "web",
+            "url": "https://x/dicom-web",
+            "auth": {"type": "basic", "username": "radnode", "password": "pw"},
+        }
+    )
+    assert make_session(bearer).headers["Authorization"] == "Bearer t0k"
+    assert make_session(basic).auth == ("radnode", "pw")
+    assert "Authorization" not in make_session(destination(url=None)).headers
