@@ -33,6 +33,23 @@ from node.export.transcode import CannotTranscode, choose_syntax, proposed_synta
 # Statuses that no retry can change: the peer refuses this object for good.
 _REFUSALS = (SOP_CLASS_NOT_SUPPORTED,)
 _REFUSAL_MASK = DATA_SET_DOES_NOT_MATCH_SOP_CLASS & 0xFF00
+# What a destination may refuse and get its fallbacks for instead.
+_REPLACEABLE = ("seg", "sr")
+
+
+def _plan(
+    destination: Destination, candidates: Sequence[OutboundObject], outcome: SendOutcome
+) -> list[OutboundObject]:
+    """The objects to send given what the destination refused so far; records the kinds
+    it gets in `outcome`, and keeps only the refusals that matter to it."""
+    kinds = kinds_to_send(destination, outcome.refused)
+    relevant = set(destination.outputs)
+    if outcome.refused.keys() & set(_REPLACEABLE):
+        relevant.update(destination.fallback_outputs)
+    outcome.refused = {k: v for k, v in outcome.refused.items() if k in relevant}
+    to_send = objects_of(candidates, kinds)
+    outcome.kinds = sorted({o.kind for o in to_send}, key=kinds.index)
+    return to_send
 
 
 class AttemptFailed(DeliveryError):
@@ -152,33 +169,29 @@ def store_to_peer(
                 continue
             if chosen[obj.sop_instance_uid] != stored:
                 outcome.transcoded[obj.kind] = UID(chosen[obj.sop_instance_uid]).name
-        kinds = kinds_to_send(destination, outcome.refused)
-        relevant = set(destination.outputs)
-        if outcome.refused.keys() & {"seg", "sr"}:
-            relevant.update(destination.fallback_outputs)
-        outcome.refused = {k: v for k, v in outcome.refused.items() if k in relevant}
-        to_send = objects_of(candidates, kinds)
-        outcome.kinds = sorted({o.kind for o in to_send}, key=kinds.index)
-        if not to_send and outcome.refused:
+        queue = _plan(destination, candidates, outcome)
+        if not queue and outcome.refused:
             raise DeliveryRefused(
                 f"{target} accepts none of the results it should get ("
                 + "; ".join(f"{k}: {why}" for k, why in outcome.refused.items())
                 + "); enable those SOP classes on the destination or change its outputs"
             )
-        for number, obj in enumerate(to_send, start=1):
+        done: set[str] = set()
+        while queue:
+            obj = queue.pop(0)
+            done.add(obj.sop_instance_uid)
             if obj.sop_instance_uid in confirmed:
                 outcome.skipped += 1
                 continue
             if not assoc.is_established:
                 raise AttemptFailed(
-                    f"the association with {target} was lost after {number - 1} of "
-                    f"{len(to_send)} objects"
+                    f"the association with {target} was lost after {len(outcome.sent)} objects"
                 )
             status = assoc.send_c_store(datasets[obj.sop_instance_uid])
             if not status or "Status" not in status:
                 raise AttemptFailed(
                     f"no C-STORE response from {target} within {timeout:g} s for the "
-                    f"{obj.kind} object ({number} of {len(to_send)})"
+                    f"{obj.kind} object"
                 )
             code = int(status.Status)
             if code == SUCCESS or code & 0xF000 == 0xB000:
@@ -188,6 +201,15 @@ def store_to_peer(
                 outcome.sent.append(obj.sop_instance_uid)
                 continue
             text = f"{target} answered {_status_text(status)} to the {obj.kind} object"
+            if code == SOP_CLASS_NOT_SUPPORTED and obj.kind in _REPLACEABLE:
+                # Accepted at negotiation, refused at storage: the fallbacks go instead.
+                outcome.refused[obj.kind] = text
+                queue = [
+                    o
+                    for o in _plan(destination, candidates, outcome)
+                    if o.sop_instance_uid not in done
+                ]
+                continue
             if code in _REFUSALS or code & 0xFF00 == _REFUSAL_MASK:
                 raise DeliveryRefused(text)
             raise AttemptFailed(text)

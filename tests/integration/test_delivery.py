@@ -274,3 +274,49 @@ def test_a_dead_destination_never_blocks_another_and_ends_in_the_failed_list(
     ]
     assert again.state is DeliveryState.PENDING and again.attempts == 0
     store.close()
+
+
+@pytest.fixture
+def refuses_seg_at_storage() -> Iterator[tuple[int, list[Any]]]:
+    """A pynetdicom SCP that accepts every storage SOP class at negotiation but answers
+    "SOP class not supported" (0x0122) to a SEG: a PACS whose archive backend lacks it."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import SegmentationStorage  # type: ignore[attr-defined]
+
+    received: list[Any] = []
+
+    def on_store(event: Any) -> int:
+        if event.request.AffectedSOPClassUID == SegmentationStorage:
+            return 0x0122
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="PICKY")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    yield port, received
+    server.shutdown()
+
+
+def test_a_seg_refused_at_storage_is_replaced_by_the_fallbacks_in_the_same_association(
+    tmp_path: Path, refuses_seg_at_storage: tuple[int, list[Any]]
+) -> None:
+    port, received = refuses_seg_at_storage
+    # Given a destination that wants SEG and SR and answers 0x0122 to the SEG
+    picky = {"name": "picky", "ae_title": "PICKY", "host": "127.0.0.1", "port": port,
+             "outputs": ["seg", "sr"], "fallback_outputs": ["kos", "pdf"]}  # fmt: skip
+    config = config_with(tmp_path, picky)
+    store = make_store(config)
+    job = encoded_job(store, tmp_path / "ct", ("picky",))
+    # When the results are delivered
+    exporter = Exporter(config, store.index, store.root)
+    assert deliver(exporter, "picky") is DeliveryState.DELIVERED
+    # Then the destination has the fallbacks, and neither the SEG nor the SR pointing at it
+    assert {str(ds.SOPInstanceUID) for ds in received} == job.sop_uids("kos", "pdf")
+    [event] = store.index.events("delivered")
+    assert event["detail"]["kinds"] == ["kos", "pdf"]
+    assert "0x0122 (SOP class not supported)" in event["detail"]["refused"]["seg"]
+    store.close()
