@@ -51,14 +51,22 @@ def _delivery(row: Any, result_relpath: str | None = None) -> Delivery:
     )
 
 
-def _event(conn: Connection, now: float, kind: str, row: Any, detail: dict[str, Any]) -> None:
+def _event(
+    conn: Connection,
+    now: float,
+    kind: str,
+    row: Any,
+    detail: dict[str, Any],
+    job_id: str | None = None,
+) -> None:
+    """An event in the job's timeline; `row` is a delivery row unless `job_id` is given."""
     conn.execute(
         insert(events).values(
             at=now,
             kind=kind,
             study_uid=row.study_uid,
             series_uid=row.series_uid,
-            job_id=row.job_id if hasattr(row, "job_id") else row.id,
+            job_id=job_id or row.job_id,
             detail=json.dumps(detail) if detail else None,
         )
     )
@@ -73,19 +81,19 @@ def _settle_job(conn: Connection, job_id: str, now: float) -> JobState:
     ).all()
     job = conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
     states = {row.state for row in rows}
-    reason: str | None = None
+    # The reason `radnode jobs` shows: what failed, and what is being retried and why.
+    problems = [
+        f"not delivered to {r.destination}: {r.reason}"
+        if r.state == DeliveryState.FAILED
+        else f"retrying delivery to {r.destination}: {r.reason}"
+        for r in rows
+        if r.reason and r.state != DeliveryState.DELIVERED
+    ]
+    reason = "; ".join(problems) or None
     if states & set(_UNDER_WAY):
         state = JobState.DELIVERING
-        failed = [r for r in rows if r.state == DeliveryState.FAILED]
-        if failed:
-            reason = "; ".join(f"not delivered to {r.destination}: {r.reason}" for r in failed)
     elif DeliveryState.FAILED in states:
         state = JobState.FAILED
-        reason = "; ".join(
-            f"not delivered to {r.destination}: {r.reason}"
-            for r in rows
-            if r.state == DeliveryState.FAILED
-        )
     else:
         state = JobState.DELIVERED
     if state != job.state or reason != job.reason:
@@ -102,6 +110,7 @@ def _settle_job(conn: Connection, job_id: str, now: float) -> JobState:
                 f"job_{state.value}",
                 job,
                 {"destinations": destinations, **({"reason": reason} if reason else {})},
+                job_id=job.id,
             )
     return state
 
@@ -164,7 +173,9 @@ class DeliveryQueue:
                     .where(jobs.c.id == job.id)
                     .values(state=JobState.DELIVERING, reason=None, updated_at=now)
                 )
-                _event(conn, now, "job_delivering", job, {"destinations": destinations})
+                _event(
+                    conn, now, "job_delivering", job, {"destinations": destinations}, job_id=job.id
+                )
                 opened.append(job.id)
         return opened
 

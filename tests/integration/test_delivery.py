@@ -255,7 +255,11 @@ def test_a_dead_destination_never_blocks_another_and_ends_in_the_failed_list(
     ]
     assert "connection refused" in str(pending.reason)
     assert pending.due_at == pytest.approx(clock() + 1.0)  # base delay, jitter at its top
-    assert queue.get(job.job.id).state is JobState.DELIVERING  # type: ignore[union-attr]
+    waiting = queue.get(job.job.id)
+    assert waiting is not None and waiting.state is JobState.DELIVERING
+    # And `radnode jobs` shows the job with what is being retried and why
+    assert str(waiting.reason).startswith("retrying delivery to dead: ")
+    assert "connection refused" in str(waiting.reason)
     # When it still fails after the maximum age
     clock.now += 3601
     assert deliver(exporter, "dead") is DeliveryState.FAILED
