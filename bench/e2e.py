@@ -25,7 +25,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -75,18 +74,6 @@ def node_settings(work: Path, port: int, pacs: Orthanc) -> dict[str, Any]:
     }
 
 
-def wait_for(node: NodeProcess, name: str, timeout: float, **fields: Any) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for event in node.log_events():
-            if event.get("event") == name and all(event.get(k) == v for k, v in fields.items()):
-                return event
-        if node.proc is not None and node.proc.poll() is not None:
-            raise RuntimeError(f"the node exited:\n{node.log_text()[-3000:]}")
-        time.sleep(0.2)
-    raise RuntimeError(f"no {name} within {timeout} s:\n{node.log_text()[-3000:]}")
-
-
 def one_round(work: Path, pacs: Orthanc, study_id: str, port: int) -> dict[str, Any]:
     """Send the study once to a fresh node; return its timeline and the latencies."""
     work.mkdir()
@@ -94,11 +81,11 @@ def one_round(work: Path, pacs: Orthanc, study_id: str, port: int) -> dict[str, 
     node = NodeProcess(work, settings)
     node.start(timeout=120)
     try:
-        wait_for(node, "worker_ready", 120)
+        node.wait_for_event("worker_ready", 120)
         pacs.send_study(study_id, "radnode")
-        created = wait_for(node, "job_created", 120)
+        created = node.wait_for_event("job_created", 120)
         job_id = str(created["job_id"])
-        wait_for(node, "delivered", 600, job_id=job_id, job_state="delivered")
+        node.wait_for_event("delivered", 600, job_id=job_id, job_state="delivered")
     finally:
         node.stop()
     from node.cli.serve import open_store

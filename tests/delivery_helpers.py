@@ -16,6 +16,7 @@ from node.results.encode import OUTPUTS_DIR, Output, encode, write_outputs
 from node.store import InstanceStore, JobQueue, job_id_for, read_header
 from node.store.files import RESULTS_DIR
 from node.store.results import save_result
+from node.synthetic import write_ct_series
 from tests.results_helpers import make_encoding_input
 
 MODEL = "lung-nodules"
@@ -45,6 +46,34 @@ class EncodedJob:
 
 def make_store(config: NodeConfig) -> InstanceStore:
     return open_store(config)
+
+
+def claimed_job(
+    store: InstanceStore,
+    folder: Path,
+    send_to: tuple[str, ...],
+    *,
+    priority: int = 0,
+    now: float | None = None,
+    owner: str = "worker",
+) -> Job:
+    """A 3-slice series received, complete and routed to `send_to`; its job claimed by
+    `owner` (for tests of what happens after the model, without one)."""
+    now = time.time() if now is None else now
+    series = write_ct_series(folder, slices=3)
+    for path in series.paths:
+        data = path.read_bytes()
+        store.store_instance(read_header(data), data, source="pacs")
+    store.index.complete_quiet_series(quiet_before=time.time() + 1, now=now)
+    queue = JobQueue(store.index)
+    found = queue.series_facts(series.series_uid)
+    assert found is not None
+    match = RouteMatch(route="chest", model=MODEL, priority=priority, send_to=send_to)
+    [job] = queue.record_routing(found[0], [match], now)
+    while (claimed := queue.claim(owner, 300, now, 3)) is not None and claimed.id != job.id:
+        pass  # jobs routed earlier in the test are claimed (and left) on the way
+    assert claimed is not None
+    return claimed
 
 
 def encoded_job(

@@ -125,6 +125,25 @@ class NodeProcess:
                     continue
         return events
 
+    def find_event(self, name: str, **fields: Any) -> dict[str, Any] | None:
+        """The first logged event called `name` whose fields have the given values."""
+        for event in self.log_events():
+            if event.get("event") == name and all(event.get(k) == v for k, v in fields.items()):
+                return event
+        return None
+
+    def wait_for_event(self, name: str, timeout: float, **fields: Any) -> dict[str, Any]:
+        """Wait for `find_event`; fail with the log's tail if the node exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.find_event(name, **fields)
+            if found is not None:
+                return found
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"node exited:\n{self.log_text()[-3000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"no {name} {fields} in {timeout} s:\n{self.log_text()[-4000:]}")
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

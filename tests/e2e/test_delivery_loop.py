@@ -56,13 +56,6 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float, node: NodePr
     raise AssertionError(f"{what} not within {timeout} s:\n{node.log_text()[-4000:]}")
 
 
-def event(node: NodeProcess, name: str, **fields: Any) -> dict[str, Any] | None:
-    for item in node.log_events():
-        if item.get("event") == name and all(item.get(k) == v for k, v in fields.items()):
-            return item
-    return None
-
-
 class Loop:
     """A node and an Orthanc that know each other, and the phantom in the PACS."""
 
@@ -74,7 +67,7 @@ class Loop:
         self.pacs.send_study(self.study_id, "radnode")
 
     def job_id(self, timeout: float = 60) -> str:
-        created = wait_until("a job", lambda: event(self.node, "job_created"), timeout, self.node)
+        created = self.node.wait_for_event("job_created", timeout)
         return str(created["job_id"])
 
     def expected(self, job_id: str) -> dict[str, str]:
@@ -156,13 +149,8 @@ def test_a_study_sent_by_the_pacs_comes_back_with_its_results(
     loop.send_study()
     job_id = loop.job_id()
     # Then the results are delivered to the PACS while the offline one is retried
-    wait_until(
-        "delivery",
-        lambda: event(loop.node, "delivered", job_id=job_id, destination="pacs"),
-        180,
-        loop.node,
-    )
-    retry = event(loop.node, "delivery_retry", job_id=job_id, destination="offline")
+    loop.node.wait_for_event("delivered", 180, job_id=job_id, destination="pacs")
+    retry = loop.node.find_event("delivery_retry", job_id=job_id, destination="offline")
     assert retry is not None and "connection refused" in retry["reason"]
     # And the PACS holds every result in the source study: SEG, SR, key images, KOS
     # and the summary, with the node's UIDs
@@ -200,22 +188,14 @@ def test_results_wait_out_a_pacs_outage_of_a_minute(loop_factory: Callable[..., 
     down_at = time.monotonic()
     job_id = loop.job_id()
     # When the node tries to deliver meanwhile
-    retry = wait_until(
-        "a delivery retry", lambda: event(loop.node, "delivery_retry", job_id=job_id), 180,
-        loop.node,
-    )  # fmt: skip
+    retry = loop.node.wait_for_event("delivery_retry", 180, job_id=job_id)
     # Then it says why and keeps trying
     assert "connection refused" in retry["reason"]
     # When the PACS comes back a minute later
     time.sleep(max(0.0, 60 - (time.monotonic() - down_at)))
     loop.pacs.start()
     # Then the results arrive without anyone doing anything
-    wait_until(
-        "delivery after the outage",
-        lambda: event(loop.node, "delivered", job_id=job_id, job_state="delivered"),
-        60,
-        loop.node,
-    )
+    loop.node.wait_for_event("delivered", 60, job_id=job_id, job_state="delivered")
     assert len(loop.results_in_pacs(job_id)) == len(loop.expected(job_id))
     retries = [e for e in loop.node.log_events() if e.get("event") == "delivery_retry"]
     assert len(retries) >= 3  # it kept at it through the outage, with backoff
@@ -229,13 +209,13 @@ def test_kill_9_during_inference_and_during_delivery_leaves_one_copy_of_each_res
     loop.send_study()
     job_id = loop.job_id()
     # When the node is killed while the model runs
-    wait_until("a claim", lambda: event(loop.node, "job_claimed", job_id=job_id), 60, loop.node)
+    loop.node.wait_for_event("job_claimed", 60, job_id=job_id)
     loop.node.kill9()
-    assert event(loop.node, "job_inferred", job_id=job_id) is None, "killed too late"
+    assert loop.node.find_event("job_inferred", job_id=job_id) is None, "killed too late"
     # And started again
     loop.node.start()
     # Then the job runs again at once, and delivery starts
-    wait_until("the job resumed", lambda: event(loop.node, "jobs_resumed"), 30, loop.node)
+    loop.node.wait_for_event("jobs_resumed", 30)
     wait_until(
         "a first result in the PACS",
         lambda: (
@@ -253,13 +233,8 @@ def test_kill_9_during_inference_and_during_delivery_leaves_one_copy_of_each_res
     # And started again
     loop.node.start()
     # Then the delivery resumes and completes
-    wait_until(
-        "delivery after the restarts",
-        lambda: event(loop.node, "delivered", job_id=job_id, job_state="delivered"),
-        120,
-        loop.node,
-    )
-    assert event(loop.node, "deliveries_resumed") is not None
+    loop.node.wait_for_event("delivered", 120, job_id=job_id, job_state="delivered")
+    assert loop.node.find_event("deliveries_resumed") is not None
     # And the PACS holds exactly one copy of each result, with the same UIDs
     stored = loop.results_in_pacs(job_id)
     assert sorted(i["SOPInstanceUID"] for i in stored) == sorted(expected)
@@ -276,9 +251,7 @@ def test_a_series_is_complete_as_soon_as_the_pacs_count_is_reached(
     started = time.monotonic()
     loop.send_study()
     # Then the series is complete within seconds, by the count, not by the timer
-    complete = wait_until(
-        "completion by count", lambda: event(loop.node, "series_complete"), 30, loop.node
-    )
+    complete = loop.node.wait_for_event("series_complete", 30)
     assert complete["by"] == "c-find"
     assert complete["expected"] == complete["instances"] == SMALL.slices
     assert time.monotonic() - started < 30

@@ -10,10 +10,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,18 +24,6 @@ PHI = ("SYNTHETIC^PATIENT", "SYN-0001", "SYNACC1", "19500101")
 ROUTE = {"name": "chest-ct", "from": ["dcmtk-store"], "when": {"modality": "CT"},
          "model": "lung-nodules", "priority": 5}  # fmt: skip
 FAST = {"series_quiet_seconds": 1, "study_quiet_seconds": 2}
-
-
-def wait_for_event(node: NodeProcess, name: str, timeout: float, **fields: Any) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for event in node.log_events():
-            if event.get("event") == name and all(event.get(k) == v for k, v in fields.items()):
-                return event
-        if node.proc is not None and node.proc.poll() is not None:
-            raise AssertionError(f"node exited:\n{node.log_text()[-3000:]}")
-        time.sleep(0.5)
-    raise AssertionError(f"no {name} {fields} in {timeout} s:\n{node.log_text()[-4000:]}")
 
 
 def radnode(*args: str) -> subprocess.CompletedProcess[str]:
@@ -66,13 +52,13 @@ def test_a_chest_ct_is_routed_inferred_and_its_results_encoded(
     # When the PACS sends a chest CT with nodules of known size
     send(node, phantom.series.paths)
     # Then the series completes, a job is created and a worker runs the model on it
-    created = wait_for_event(node, "job_created", 60, route="chest-ct")
-    inferred = wait_for_event(node, "job_inferred", 300, job_id=created["job_id"])
+    created = node.wait_for_event("job_created", 60, route="chest-ct")
+    inferred = node.wait_for_event("job_inferred", 300, job_id=created["job_id"])
     assert inferred["provider"] == "CPUExecutionProvider"
-    ready = wait_for_event(node, "model_session_ready", 5)
+    ready = node.wait_for_event("model_session_ready", 5)
     assert ready["provider"] == "CPUExecutionProvider"
     # And the results are encoded as DICOM: SEG, SR, key images, KOS and the summary
-    encoded = wait_for_event(node, "job_encoded", 60, job_id=created["job_id"])
+    encoded = node.wait_for_event("job_encoded", 60, job_id=created["job_id"])
     assert set(encoded["outputs"]) == {"seg", "sr", "sc", "kos", "pdf"}
     # And the result sits in the store: the findings match the drawn nodules of 8 mm
     # and more, each measured within 25% of its drawn diameter
@@ -120,7 +106,7 @@ def test_a_series_the_model_cannot_use_is_rejected_with_its_reason(
     # When it arrives
     send(node, series.paths)
     # Then its job is rejected, with the reason in the log and in `radnode jobs`
-    rejected = wait_for_event(node, "series_rejected", 120, series_uid=series.series_uid)
+    rejected = node.wait_for_event("series_rejected", 120, series_uid=series.series_uid)
     assert "5 slices" in rejected["reason"] and "30" in rejected["reason"]
     listed = radnode("jobs", "--config", str(node.config_path), "--state", "rejected")
     assert "5 slices" in listed.stdout, listed.stdout + listed.stderr
@@ -139,7 +125,7 @@ def test_a_series_no_route_matches_creates_no_job(
     series = write_ct_series(tmp_path / "ct", slices=3, rows=32, cols=32)
     send(node, series.paths)
     # Then routing says why the route did not apply, and there is no job
-    event = wait_for_event(node, "series_not_routed", 60, series_uid=series.series_uid)
+    event = node.wait_for_event("series_not_routed", 60, series_uid=series.series_uid)
     assert "Modality CT" in event["reasons"]["chest-ct"]
     listed = radnode("jobs", "--config", str(node.config_path))
     assert listed.stdout.strip() == "no jobs"
@@ -154,14 +140,14 @@ def test_a_worker_killed_mid_job_loses_its_lease_and_the_job_runs_again(
     )
     assert phantom.series is not None
     send(node, phantom.series.paths)
-    claimed = wait_for_event(node, "job_claimed", 60)
+    claimed = node.wait_for_event("job_claimed", 60)
     # When the worker is killed with SIGKILL in the middle of the job
     os.kill(claimed["pid"], signal.SIGKILL)
     # Then the supervisor starts a new worker, which claims the job again once the
     # lease has expired, and finishes it on the second attempt
-    wait_for_event(node, "worker_process_died", 30)
-    again = wait_for_event(node, "job_claimed", 120, job_id=claimed["job_id"], attempt=2)
+    node.wait_for_event("worker_process_died", 30)
+    again = node.wait_for_event("job_claimed", 120, job_id=claimed["job_id"], attempt=2)
     assert again["pid"] != claimed["pid"]
-    wait_for_event(node, "job_encoded", 300, job_id=claimed["job_id"])
+    node.wait_for_event("job_encoded", 300, job_id=claimed["job_id"])
     listed = radnode("jobs", "--config", str(node.config_path), "--state", "encoded")
     assert claimed["job_id"] in listed.stdout

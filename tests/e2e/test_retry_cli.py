@@ -12,10 +12,9 @@ from pathlib import Path
 import yaml
 
 from node.config import NodeConfig
-from node.domain import DeliveryState, JobState, RouteMatch
-from node.store import DeliveryQueue, InstanceStore, JobQueue, read_header
-from node.synthetic import write_ct_series
-from tests.delivery_helpers import make_store
+from node.domain import DeliveryState, JobState
+from node.store import DeliveryQueue, InstanceStore, JobQueue
+from tests.delivery_helpers import claimed_job, make_store
 
 NOW = time.time()
 
@@ -28,19 +27,7 @@ def radnode(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def routed(store: InstanceStore, folder: Path) -> str:
-    series = write_ct_series(folder, slices=3)
-    for path in series.paths:
-        data = path.read_bytes()
-        store.store_instance(read_header(data), data, source="pacs")
-    store.index.complete_quiet_series(quiet_before=time.time() + 1, now=NOW)
-    queue = JobQueue(store.index)
-    found = queue.series_facts(series.series_uid)
-    assert found is not None
-    match = RouteMatch(route="chest", model="lung-nodules", priority=0, send_to=("pacs",))
-    [job] = queue.record_routing(found[0], [match], NOW)
-    claimed = queue.claim("worker", 300, NOW, 3)
-    assert claimed is not None and claimed.id == job.id
-    return job.id
+    return claimed_job(store, folder, ("pacs",), now=NOW).id
 
 
 def test_failed_jobs_are_listed_with_their_reason_and_put_back_by_retry(tmp_path: Path) -> None:

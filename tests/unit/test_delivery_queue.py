@@ -14,12 +14,12 @@ from sqlalchemy import update
 
 from node.cli.serve import open_store
 from node.config import NodeConfig
-from node.domain import DeliveryState, Job, JobState, RouteMatch
+from node.domain import DeliveryState, Job, JobState
 from node.export import retry_delay
-from node.store import DeliveryQueue, InstanceStore, JobQueue, read_header
+from node.store import DeliveryQueue, InstanceStore, JobQueue
 from node.store.owners import owner_is_gone, pid_alive, this_host
 from node.store.schema import jobs as jobs_table
-from node.synthetic import write_ct_series
+from tests.delivery_helpers import claimed_job
 
 NOW = 1_800_000_000.0
 LEASE = 300.0
@@ -35,18 +35,8 @@ def store(tmp_path: Path) -> Iterator[InstanceStore]:
 
 def encoded(store: InstanceStore, folder: Path, send_to: tuple[str, ...], priority: int = 0) -> Job:
     """A small series received, routed to `send_to` and marked encoded."""
-    series = write_ct_series(folder, slices=3)
-    for path in series.paths:
-        data = path.read_bytes()
-        store.store_instance(read_header(data), data, source="pacs")
-    store.index.complete_quiet_series(quiet_before=time.time() + 1, now=NOW)
+    job = claimed_job(store, folder, send_to, priority=priority, now=NOW, owner="w")
     queue = JobQueue(store.index)
-    found = queue.series_facts(series.series_uid)
-    assert found is not None
-    match = RouteMatch(route="r", model="m", priority=priority, send_to=send_to)
-    [job] = queue.record_routing(found[0], [match], NOW)
-    while (claimed := queue.claim("w", LEASE, NOW, 3)) is not None and claimed.id != job.id:
-        pass
     assert queue.finish(job.id, "w", JobState.ENCODED, NOW, result_relpath=f"results/{job.id}")
     return job
 
