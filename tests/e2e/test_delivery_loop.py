@@ -104,7 +104,7 @@ def loop_factory(
             start=False,
             sources=[{"name": "pacs", "ae_title": "ORTHANC", "hosts": ["127.0.0.1"]}],
             completion=completion,
-            routes=[ROUTE],
+            routes=[{**ROUTE}],  # a copy: a test may change send_to
             delivery=QUICK_RETRIES,
             inference={"workers": 1, "lease_seconds": 10},
         )
