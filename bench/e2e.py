@@ -47,6 +47,7 @@ def node_settings(work: Path, port: int, pacs: Orthanc) -> dict[str, Any]:
     """A node as a hospital would set it up for this PACS."""
     return {
         "node": {"ae_title": "RADNODE", "host": "127.0.0.1", "port": port},
+        "api": {"port": free_port()},
         "storage": {"root": str(work / "store"), "min_free_mb": 64},
         "sources": [
             {

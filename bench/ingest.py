@@ -108,6 +108,7 @@ def node_runner(processes: int) -> Receiver:
         port = free_port()
         config = {
             "node": {"ae_title": "RADNODE", "port": port, "listener_processes": processes},
+            "api": {"port": free_port()},  # as deployed: the HTTP server runs beside
             "storage": {"root": str(work / "radnode"), "min_free_mb": 64},
             "sources": [{"name": "bench", "ae_title": "STORESCU", "hosts": ["127.0.0.1"]}],
             "completion": {"series_quiet_seconds": 60, "study_quiet_seconds": 120},

@@ -179,6 +179,7 @@ def node_config(workdir: Path, **overrides: Any) -> dict[str, Any]:
     """A test configuration: loopback sources for DCMTK and pynetdicom test clients."""
     config: dict[str, Any] = {
         "node": {"ae_title": "RADNODE", "host": "127.0.0.1", "port": free_port()},
+        "api": {"host": "127.0.0.1", "port": free_port()},
         "storage": {"root": str(workdir / "store"), "min_free_mb": 16},
         "sources": [
             {"name": "dcmtk-store", "ae_title": "STORESCU", "hosts": ["127.0.0.1"]},

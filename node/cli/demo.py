@@ -39,6 +39,7 @@ def demo_config(workdir: Path, port: int) -> dict[str, Any]:
     """A node configuration for the demo: loopback only, short timers, one route."""
     return {
         "node": {"ae_title": "RADNODE", "host": "127.0.0.1", "port": port},
+        "api": {"enabled": False},  # the demo needs no HTTP (and no port of its own)
         "storage": {"root": str(workdir / "store"), "min_free_mb": 64},
         "sources": [{"name": "demo-pacs", "ae_title": DEMO_AE, "hosts": ["127.0.0.1"]}],
         "completion": {"series_quiet_seconds": 2, "study_quiet_seconds": 4},

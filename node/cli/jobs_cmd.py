@@ -10,8 +10,9 @@ from datetime import datetime
 
 from node.cli.serve import open_store
 from node.config import NodeConfig
-from node.domain import Job, JobState
+from node.domain import JobState
 from node.store import DeliveryQueue, JobQueue
+from node.store.retry import retry_job
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -102,49 +103,25 @@ def list_jobs(config: NodeConfig, state: str | None, limit: int) -> int:
     return EXIT_OK
 
 
-def _retry_one(jobs: JobQueue, deliveries: DeliveryQueue, job: Job, now: float) -> str | None:
-    """Put one failed job back; None when done, else why it cannot be retried."""
-    if job.state == JobState.REJECTED:
-        return (
-            f"rejected ({job.reason}): the series itself cannot be used; fix it at the "
-            "source and send it again"
-        )
-    if job.state != JobState.FAILED:
-        return f"is {job.state}, not failed; nothing to retry"
-    if job.result_relpath is None:
-        return None if jobs.requeue_failed(job.id, now) else "changed meanwhile; look again"
-    if deliveries.retry_job(job.id, now):
-        return None
-    return "has no failed delivery to retry"
-
-
 def retry(config: NodeConfig, job_ids: Sequence[str], all_failed: bool) -> int:
     """`radnode retry`: failed jobs run again (inference failures) or are delivered
     again (delivery failures), with fresh attempts. A running node picks them up."""
     store = open_store(config)
     problems = 0
     try:
-        jobs = JobQueue(store.index)
-        deliveries = DeliveryQueue(store.index)
-        chosen: list[Job] = []
+        wanted = list(job_ids)
         if all_failed:
-            chosen = jobs.recent(JobState.FAILED, limit=100_000)
-            if not chosen:
+            failed = JobQueue(store.index).recent(JobState.FAILED, limit=100_000)
+            if not failed:
                 print("no failed jobs")
-        for job_id in job_ids:
-            job = jobs.get(job_id)
-            if job is None:
-                print(f"{job_id}: no such job; `radnode jobs` lists them", file=sys.stderr)
-                problems += 1
+            wanted = [job.id for job in failed] + wanted
+        for job_id in wanted:
+            outcome = retry_job(store.index, job_id, time.time())
+            name = outcome.job.id if outcome.job is not None else job_id
+            if outcome.done:
+                print(f"{name}: {outcome.message}")
             else:
-                chosen.append(job)
-        for job in chosen:
-            why = _retry_one(jobs, deliveries, job, time.time())
-            if why is None:
-                what = "to run again" if job.result_relpath is None else "to be delivered again"
-                print(f"{job.id}: put back {what}")
-            else:
-                print(f"{job.id}: not retried: {why}", file=sys.stderr)
+                print(f"{name}: not retried: {outcome.message}", file=sys.stderr)
                 problems += 1
     finally:
         store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -19,6 +20,7 @@ from types import FrameType
 import pydicom
 import structlog
 
+from node.api import ApiContext, ApiServer, build_app
 from node.assembly import CompletionSweeper, CountedCompletion
 from node.cli.work import Worker, route_pending
 from node.config import NodeConfig
@@ -28,6 +30,7 @@ from node.inference.package import ModelRegistry
 from node.inference.pipelines import PIPELINES
 from node.ingest import AssociationLimiter, DicomListener
 from node.ingest.scp import open_shared_socket
+from node.ingest.stow import StowRequestError, receive_stow
 from node.logs import configure_logging
 from node.store import InstanceIndex, InstanceStore, JobQueue
 from node.store.index import WriteLock
@@ -181,6 +184,60 @@ def _start_counted_completion(
     return thread
 
 
+def _api_context(
+    config: NodeConfig,
+    store: InstanceStore,
+    limiter: AssociationLimiter,
+    registry: ModelRegistry | None,
+    workers: dict[int, BaseProcess],
+) -> ApiContext:
+    """What the HTTP API needs from the node: the store, STOW-RS ingest, readiness."""
+
+    def stow(
+        source: str, content_type: str, body: bytes, study_uid: str | None, peer: str
+    ) -> tuple[int, dict[str, object]]:
+        try:
+            outcome = receive_stow(
+                store, source, content_type, body, study_uid=study_uid, peer=peer
+            )
+        except StowRequestError as exc:
+            log.warning("stow_refused", source=source, peer=peer, reason=exc.reason)
+            return exc.http_status, {"detail": exc.reason}
+        return outcome.http_status, outcome.response()
+
+    def readiness() -> dict[str, str]:
+        problems = {"store": "", "models": "", "workers": "", "disk": ""}
+        try:
+            store.index.count_instances()
+            probe = store.root / ".readyz"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            problems["store"] = f"the storage root is not writable: {exc.strerror or exc}"
+        if config.routes and registry is None:
+            problems["models"] = "the model packages are not loaded"
+        wanted = config.inference.workers if config.routes else 0
+        alive = sum(1 for p in workers.values() if p.is_alive())
+        if alive < wanted:
+            problems["workers"] = f"{alive} of {wanted} worker processes run"
+        free = shutil.disk_usage(store.root).free
+        if free < store.reserve_bytes:
+            problems["disk"] = (
+                f"{free // 2**20} MiB free, below storage.min_free_mb "
+                f"({store.reserve_bytes // 2**20} MiB): senders get 'out of resources'"
+            )
+        return problems
+
+    return ApiContext(
+        config=config,
+        index=store.index,
+        root=store.root,
+        receive_stow=stow,
+        readiness=readiness,
+        associations=lambda: limiter.in_use,
+    )
+
+
 def _cannot_listen(config: NodeConfig, store: InstanceStore, exc: OSError) -> int:
     log.error(
         "dicom_listener_failed",
@@ -266,6 +323,23 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
         listener.start()
     except OSError as exc:
         return _cannot_listen(config, store, exc)
+    api: ApiServer | None = None
+    if config.api.enabled:
+        api = ApiServer(
+            build_app(_api_context(config, store, limiter, registry, workers)),
+            config.api.host,
+            config.api.port,
+        )
+        try:
+            api.start()
+        except OSError as exc:
+            log.error("http_listener_failed", host=config.api.host, port=config.api.port,
+                      reason=str(exc))  # fmt: skip
+            listener.stop()
+            for process in children.values():
+                process.terminate()
+            store.close()
+            return 1
 
     sweeper = CompletionSweeper(
         store.index,
@@ -323,6 +397,8 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
                 start_worker(number)
 
     listener.stop()
+    if api is not None:
+        api.stop()
     for process in [*children.values(), *workers.values()]:
         process.terminate()
     for process in [*children.values(), *workers.values()]:

@@ -312,6 +312,7 @@ class Worker:
             job_id=job.id,
             detail={**detail, "timings": timings},
         )
+        encode_started = time.perf_counter()
         try:
             inp = self.encoding_input(job, volume, result, headers)
             outputs, encode_timings = encode(inp, self.output_kinds(job))
@@ -345,6 +346,8 @@ class Worker:
             self._fail(job, f"writing the results failed: {type(exc).__name__}: {exc}", fields)
             return
         detail["outputs"] = len(outputs)
+        # Encoding and keeping the results durably, for the timeline and the metrics.
+        detail["encode_seconds"] = round(time.perf_counter() - encode_started, 3)
         if self.queue.finish(
             job.id, self.owner, JobState.ENCODED, now(), result_relpath=relpath, detail=detail
         ):

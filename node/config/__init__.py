@@ -2,6 +2,8 @@
 
 from node.config.loader import DEFAULT_CONFIG_PATH, load_config, resolve_config_path
 from node.config.model import (
+    ApiSettings,
+    ApiToken,
     CompletenessQuery,
     CompletionSettings,
     DeliverySettings,
@@ -17,6 +19,8 @@ from node.config.model import (
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "ApiSettings",
+    "ApiToken",
     "CompletenessQuery",
     "CompletionSettings",
     "DeliverySettings",

@@ -543,6 +543,63 @@ class DeliverySettings(_Section):
         return self
 
 
+Scope = Literal["read", "store", "admin"]
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ApiToken(_Section):
+    """A bearer token for the HTTP API, kept only as the SHA-256 of the token."""
+
+    name: Name = Field(description="who holds the token; shown in the audit trail and logs")
+    sha256: str = Field(
+        description="the SHA-256 of the token, 64 lower-case hex digits; make one with "
+        "`printf %s TOKEN | sha256sum`"
+    )
+    scopes: list[Scope] = Field(
+        min_length=1,
+        description="what the token may do: read (status, jobs, studies, metrics), store "
+        "(send instances by STOW-RS), admin (read, and retry jobs)",
+    )
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _SHA256_HEX.match(value):
+            raise ValueError(
+                "expected the SHA-256 of the token as 64 hex digits (printf %s TOKEN | "
+                "sha256sum), never the token itself"
+            )
+        return value
+
+
+class ApiSettings(_Section):
+    """The HTTP server: health, metrics, jobs, studies, STOW-RS and the status page."""
+
+    enabled: bool = Field(True, description="whether `radnode serve` starts the HTTP server")
+    host: str = Field(
+        "127.0.0.1",
+        description="the address the HTTP server listens on: 0.0.0.0 for every interface",
+    )
+    port: Port = Field(8080, description="the HTTP port (1-65535)")
+    tokens: list[ApiToken] = Field(
+        default_factory=list,
+        description="bearer tokens, by their SHA-256; with none, only /healthz answers",
+    )
+    max_body_mb: int = Field(
+        2048,
+        ge=1,
+        le=65536,
+        description="the largest STOW-RS request accepted, in MiB; larger ones get HTTP 413",
+    )
+
+    @model_validator(mode="after")
+    def _unique_tokens(self) -> ApiSettings:
+        _unique("api.tokens", "name", [t.name for t in self.tokens])
+        _unique("api.tokens", "sha256", [t.sha256 for t in self.tokens])
+        return self
+
+
 class LoggingSettings(_Section):
     """How Radnode logs."""
 
@@ -567,6 +624,7 @@ class NodeConfig(_Section):
     routes: list[Route] = Field(default_factory=list)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")
@@ -597,6 +655,13 @@ class NodeConfig(_Section):
         wanted = calling_ae.strip()
         for source in self.sources:
             if source.ae_title == wanted:
+                return source
+        return None
+
+    def source(self, name: str) -> Source | None:
+        """The source with this name, if any."""
+        for source in self.sources:
+            if source.name == name:
                 return source
         return None
 

@@ -682,6 +682,33 @@ class InstanceIndex:
                 for row in conn.execute(query)
             ]
 
+    def events_after(
+        self, after_id: int, kinds: Sequence[str], limit: int = 10_000
+    ) -> list[dict[str, Any]]:
+        """Events of the given kinds with an id above `after_id`, oldest first (for
+        readers that follow the log, such as the metrics)."""
+        query = (
+            select(events)
+            .where(events.c.id > after_id, events.c.kind.in_(list(kinds)))
+            .order_by(events.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [
+                {**row._asdict(), "detail": json.loads(row.detail) if row.detail else None}
+                for row in conn.execute(query)
+            ]
+
+    def counts(self, column: str) -> dict[str, int]:
+        """How many rows each value of `column` has, for instances.source, jobs.state
+        and the like ("table.column")."""
+        table_name, _, column_name = column.partition(".")
+        table = metadata.tables[table_name]
+        col = table.c[column_name]
+        with self._read() as conn:
+            rows = conn.execute(select(col, func.count()).group_by(col)).all()
+        return {str(value) if value is not None else "": int(n) for value, n in rows}
+
     def count_instances(self) -> int:
         """How many instances the index holds."""
         with self._read() as conn:
