@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from node.api.auth import Caller, identify
 from node.api.metrics import CONTENT_TYPE, NodeCollector, render
+from node.audit import audit
 from node.config import NodeConfig
 from node.domain import Job, JobState
 from node.store import DeliveryQueue, InstanceIndex, JobQueue
@@ -78,8 +79,9 @@ def build_app(ctx: ApiContext) -> FastAPI:
     tokens = ctx.config.api.tokens
     max_body = ctx.config.api.max_body_mb * 2**20
 
-    def caller(authorization: Annotated[str | None, Header()] = None) -> Caller:
+    def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
         found = identify(authorization, tokens)
+        request.state.caller = found  # for the audit trail
         if found is None:
             raise HTTPException(
                 401,
@@ -102,6 +104,21 @@ def build_app(ctx: ApiContext) -> FastAPI:
     Reader = Annotated[Caller, Depends(scoped("read"))]
     Admin = Annotated[Caller, Depends(scoped("admin"))]
     Sender = Annotated[Caller, Depends(scoped("store"))]
+
+    @app.middleware("http")
+    async def audit_calls(request: Request, call_next: Callable[[Request], Any]) -> Any:
+        response = await call_next(request)
+        if request.url.path != "/healthz":  # probes every few seconds: not security
+            who = getattr(request.state, "caller", None)
+            audit(
+                "api_call",
+                token=who.name if who is not None else None,
+                method=request.method,
+                path=request.url.path,  # UIDs at most; query strings are not kept
+                status=response.status_code,
+                peer=request.client.host if request.client else "",
+            )
+        return response
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

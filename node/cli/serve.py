@@ -22,6 +22,7 @@ import structlog
 
 from node.api import ApiContext, ApiServer, build_app
 from node.assembly import CompletionSweeper, CountedCompletion
+from node.audit import configure_audit
 from node.cli.work import Worker, route_pending
 from node.config import NodeConfig
 from node.errors import ConfigError
@@ -75,6 +76,7 @@ def _child_started(config: NodeConfig) -> threading.Event:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     _die_with_parent()
     configure_logging(config.logging.level, config.logging.format)
+    configure_audit(config.storage.resolved_audit_path())
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -264,6 +266,7 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
     context = multiprocessing.get_context("spawn")
     write_lock = context.Lock()
     store = open_store(config, write_lock)
+    configure_audit(config.storage.resolved_audit_path())
     report = store.reindex()
     log.info(
         "storage_ready",

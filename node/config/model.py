@@ -128,6 +128,15 @@ class StorageSettings(_Section):
         description="free disk space (MiB) to keep in reserve; below it the node answers "
         "'out of resources' and senders retry later",
     )
+    audit_path: Path | None = Field(
+        None,
+        description="the audit trail (JSON lines: associations, instances received, results "
+        "delivered, API calls); empty means <root>/audit.jsonl",
+    )
+
+    def resolved_audit_path(self) -> Path:
+        """The audit trail's file, by default inside the storage root."""
+        return self.audit_path if self.audit_path is not None else self.root / "audit.jsonl"
 
     def resolved_index_url(self) -> str:
         """The index URL, defaulting to SQLite inside the storage root."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import structlog
 
+from node.audit import audit
 from node.config import Destination, NodeConfig
 from node.domain import Delivery, DeliveryState
 from node.errors import DeliveryError
@@ -181,6 +182,15 @@ class Exporter:
             log.warning("delivery_lease_lost", **fields)
             return None
         log.info("delivered", **fields, **outcome.detail(), job_state=str(job_state))
+        audit(
+            "results_delivered",
+            job_id=delivery.job_id,
+            destination=destination.name,
+            to=destination.describe(),
+            study_uid=delivery.study_uid,
+            objects=len(outcome.sent) + outcome.skipped,
+            kinds=outcome.kinds,
+        )
         return DeliveryState.DELIVERED
 
     def _send(

@@ -25,6 +25,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from node.audit import audit
 from node.config import NodeConfig
 from node.domain import AssociationInfo, InstanceHeader, StoreOutcome
 from node.domain import status as st
@@ -49,6 +50,7 @@ class _Session:
     wake: tuning.WakingQueue | None = None
     outcomes: Counter[str] = field(default_factory=Counter)
     studies: set[str] = field(default_factory=set)
+    per_study: Counter[str] = field(default_factory=Counter)  # instances kept, by study
 
 
 class _SupportedContexts(list[PresentationContext]):
@@ -251,6 +253,7 @@ class DicomListener:
                 called_ae=called,
                 expected_called_ae=self.config.node.ae_title,
             )
+            _audit_association(info, "rejected", "called AE title not recognized")
             _reject(
                 assoc,
                 st.REJECTED_PERMANENT,
@@ -267,6 +270,7 @@ class DicomListener:
             bound.warning(
                 "association_rejected", reason="calling AE title not recognized", detail=reason
             )
+            _audit_association(info, "rejected", f"calling AE title not recognized: {reason}")
             _reject(
                 assoc,
                 st.REJECTED_PERMANENT,
@@ -281,6 +285,7 @@ class DicomListener:
                 open_associations=self.limiter.in_use,
                 max_associations=self.limiter.limit,
             )
+            _audit_association(info, "rejected", "local limit exceeded")
             _reject(
                 assoc,
                 st.REJECTED_TRANSIENT,
@@ -292,6 +297,7 @@ class DicomListener:
         with self._lock:
             self._sessions[assoc] = _Session(info=info, holds_slot=True, log=bound, wake=wake)
         bound.info("association_accepted", called_ae=called)
+        _audit_association(info, "accepted", None)
 
     def _on_connection_closed(self, event: evt.Event) -> None:
         """Free the slot at once; the release or abort event that follows logs the end."""
@@ -315,6 +321,17 @@ class DicomListener:
             studies=sorted(session.studies),
             **dict(session.outcomes),
         )
+        for study_uid, count in sorted(session.per_study.items()):
+            audit(
+                "instances_received",
+                via="dimse",
+                assoc_id=session.info.id,
+                source=session.info.source,
+                calling_ae=session.info.calling_ae,
+                peer=session.info.address,
+                study_uid=study_uid,
+                instances=count,
+            )
 
     def _give_back(self, session: _Session) -> None:
         """Return the association slot and close the wake-up pair (once)."""
@@ -396,6 +413,7 @@ class DicomListener:
         bound = bound.bind(study_uid=header.study_uid, series_uid=header.series_uid)
         session.outcomes[result.outcome.value] += 1
         session.studies.add(header.study_uid)
+        session.per_study[header.study_uid] += 1
         if result.outcome is StoreOutcome.NEW_VERSION:
             bound.info("instance_new_version", version=result.version, bytes=result.size)
         elif result.outcome is StoreOutcome.DUPLICATE:
@@ -405,6 +423,18 @@ class DicomListener:
         if result.reopened_series:
             bound.info("series_reopened", reason="instance arrived after the series was complete")
         return st.SUCCESS
+
+
+def _audit_association(info: AssociationInfo, outcome: str, reason: str | None) -> None:
+    audit(
+        f"association_{outcome}",
+        assoc_id=info.id,
+        calling_ae=info.calling_ae,
+        called_ae=info.called_ae,
+        peer=f"{info.address}:{info.port}",
+        source=info.source,
+        **({"reason": reason} if reason else {}),
+    )
 
 
 class DataSetMismatch(InvalidInput):

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from pydicom.dataset import Dataset
 
+from node.audit import audit
 from node.domain import StoreOutcome
 from node.domain import status as st
 from node.errors import InvalidInput, StorageFull
@@ -148,6 +149,7 @@ def receive_stow(
     """
     parts = split_multipart(content_type, body)
     outcome = StowOutcome()
+    studies_of: dict[str, str] = {}  # SOP instance -> study, for the audit trail
     bound = log.bind(source=source, peer=peer, parts=len(parts))
     for number, part in enumerate(parts, start=1):
         media = _media_type(part.headers.get("content-type", DICOM_MEDIA_TYPE))[0]
@@ -185,10 +187,24 @@ def receive_stow(
             bound.error("instance_not_stored", reason=reason, **fields)
             continue
         outcome.stored.append(item)
+        studies_of[header.sop_instance_uid] = header.study_uid
         if result.outcome is StoreOutcome.NEW_VERSION:
             bound.info("instance_new_version", version=result.version, **fields)
         if result.reopened_series:
             bound.info("series_reopened", series_uid=header.series_uid, **fields)
+    per_study: dict[str, int] = {}
+    for _sop_class, sop_instance in outcome.stored:
+        study = studies_of.get(sop_instance, "")
+        per_study[study] = per_study.get(study, 0) + 1
+    for study, count in sorted(per_study.items()):
+        audit(
+            "instances_received",
+            via="stow-rs",
+            source=source,
+            peer=peer,
+            study_uid=study,
+            instances=count,
+        )
     bound.info(
         "stow_received",
         stored=len(outcome.stored),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import requests
 
 from node.synthetic import write_ct_series
-from tests.helpers import NodeProcess
+from tests.helpers import NodeProcess, dcmtk, run_tool, storescu_args
 
 NodeFactory = Callable[..., NodeProcess]
 TOKENS = {"reader": "r-" + "1" * 30, "sender": "s-" + "2" * 30, "admin": "a-" + "3" * 30}
@@ -71,7 +72,10 @@ def stow(
 def node(node_factory: NodeFactory) -> NodeProcess:
     return node_factory(
         api={"host": "127.0.0.1", "tokens": token_config(), "max_body_mb": 1},
-        sources=[{"name": "web-pacs", "ae_title": "WEBPACS", "hosts": ["127.0.0.1"]}],
+        sources=[
+            {"name": "web-pacs", "ae_title": "WEBPACS", "hosts": ["127.0.0.1"]},
+            {"name": "dcmtk-store", "ae_title": "STORESCU", "hosts": ["127.0.0.1"]},
+        ],
         completion={"series_quiet_seconds": 1, "study_quiet_seconds": 2},
         routes=[{"name": "chest", "when": {"modality": "CT"}, "model": "lung-nodules"}],
     )
@@ -179,3 +183,45 @@ def test_bad_stow_requests_get_precise_answers_and_store_nothing(
     # And nothing but the one good instance was stored
     [study] = get(node, "/api/v1/studies").json()
     assert study["instances"] == 1
+
+
+def audit_events(node: NodeProcess) -> list[dict[str, Any]]:
+    path = node.root / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_audit_trail_records_who_connected_what_they_sent_and_who_asked(
+    node: NodeProcess, tmp_path: Path
+) -> None:
+    series = write_ct_series(tmp_path, slices=3)
+    # Given a sender the node does not know, one it knows (DIMSE), and STOW-RS and API use
+    unknown = run_tool([dcmtk("storescu"), "-aet", "STRANGER", "-aec", "RADNODE",
+                        "127.0.0.1", str(node.port), str(series.paths[0])])  # fmt: skip
+    assert unknown.returncode != 0
+    known = run_tool(storescu_args(node, list(series.paths)))
+    assert known.returncode == 0, known.stderr
+    content_type, body = multipart([("application/dicom", series.paths[0].read_bytes())])
+    assert stow(node, content_type, body).status_code == 200
+    assert get(node, "/api/v1/studies", who=None).status_code == 401
+    assert get(node, "/api/v1/studies").status_code == 200
+    # Then the trail has each of them, with AE titles, addresses, counts and token names
+    events = audit_events(node)
+    rejected = [e for e in events if e["event"] == "association_rejected"]
+    assert rejected[0]["calling_ae"] == "STRANGER" and rejected[0]["peer"].startswith("127.0.0.1")
+    assert "calling AE title not recognized" in rejected[0]["reason"]
+    accepted = [e for e in events if e["event"] == "association_accepted"]
+    assert [e["calling_ae"] for e in accepted] == ["STORESCU"]
+    received = [e for e in events if e["event"] == "instances_received"]
+    assert {(e["via"], e["study_uid"], e["instances"]) for e in received} == {
+        ("dimse", series.study_uid, 3),
+        ("stow-rs", series.study_uid, 1),
+    }
+    calls = [(e["token"], e["method"], e["path"], e["status"]) for e in events
+             if e["event"] == "api_call"]  # fmt: skip
+    assert ("sender", "POST", "/dicomweb/web-pacs/studies", 200) in calls
+    assert (None, "GET", "/api/v1/studies", 401) in calls
+    assert ("reader", "GET", "/api/v1/studies", 200) in calls
+    # And neither the trail nor the log holds a patient's name, ID or accession number
+    trail = (node.root / "audit.jsonl").read_text()
+    for value in PHI:
+        assert value not in trail and value not in node.log_text()

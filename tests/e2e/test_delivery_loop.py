@@ -6,6 +6,7 @@ each time the results arrive once, with no manual action."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 
 import pydicom
 import pytest
+import requests
 
 from node.synthetic.phantom import PhantomTruth, write_chest_phantom
 from tests.helpers import NodeProcess, free_port
@@ -27,6 +29,8 @@ NodeFactory = Callable[..., NodeProcess]
 ROUTE = {"name": "chest-ct", "from": ["pacs"], "when": {"modality": "CT", "min_slices": 30},
          "model": "lung-nodules", "send_to": ["pacs"], "priority": 5}  # fmt: skip
 FAST = {"series_quiet_seconds": 1, "study_quiet_seconds": 2}
+PHI = ("SYNTHETIC^PATIENT", "SYN-0001", "SYNACC1", "19500101")
+METRICS_TOKEN = "metrics-" + "m" * 24
 QUICK_RETRIES = {"retry_base_seconds": 1, "retry_max_seconds": 4, "max_age_hours": 1}
 # Each result the node sends takes the PACS about 2 s to store: the node can be
 # killed while it is half-way through a delivery.
@@ -106,6 +110,17 @@ def loop_factory(
             completion=completion,
             routes=[{**ROUTE}],  # a copy: a test may change send_to
             delivery=QUICK_RETRIES,
+            api={
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "tokens": [
+                    {
+                        "name": "prometheus",
+                        "scopes": ["read"],
+                        "sha256": hashlib.sha256(METRICS_TOKEN.encode()).hexdigest(),
+                    }
+                ],
+            },
             inference={"workers": 1, "lease_seconds": 10},
         )
         pacs = Orthanc(
@@ -170,6 +185,23 @@ def test_a_study_sent_by_the_pacs_comes_back_with_its_results(
     kos = pydicom.dcmread(io.BytesIO(loop.pacs.instance_file(by_kind["kos"]["ID"])))
     evidence = kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
     assert {item.SeriesInstanceUID for item in evidence} <= source_series
+    # And the audit trail records what left the node, and where to
+    trail = (loop.node.root / "audit.jsonl").read_text()
+    delivered = [json.loads(line) for line in trail.splitlines() if "results_delivered" in line]
+    assert [(e["job_id"], e["destination"], e["objects"]) for e in delivered] == [
+        (job_id, "pacs", len(expected))
+    ]
+    # And no log, trail or metric of the whole loop holds the patient's name, ID, birth
+    # date or accession number
+    metrics = requests.get(
+        f"http://127.0.0.1:{loop.node.config['api']['port']}/metrics",
+        headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+        timeout=30,
+    )
+    assert metrics.status_code == 200
+    for value in PHI:
+        for text in (loop.node.log_text(), trail, metrics.text):
+            assert value not in text
     # And `radnode jobs JOB` tells the story up to the delivery, and what is pending
     shown = loop.radnode("jobs", job_id)
     assert shown.returncode == 0, shown.stderr
