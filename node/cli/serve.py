@@ -22,7 +22,7 @@ import structlog
 
 from node.api import ApiContext, ApiServer, build_app
 from node.assembly import CompletionSweeper, CountedCompletion
-from node.audit import configure_audit
+from node.audit import audit, configure_audit
 from node.cli.work import Worker, route_pending
 from node.config import NodeConfig
 from node.errors import ConfigError
@@ -36,11 +36,13 @@ from node.logs import configure_logging
 from node.store import InstanceIndex, InstanceStore, JobQueue
 from node.store.index import WriteLock
 from node.store.owners import this_host
+from node.store.retention import purge_expired
 
 log = structlog.get_logger("radnode.serve")
 
 _PR_SET_PDEATHSIG = 1
 CHILD_START_SECONDS = 60
+RETENTION_CHECK_SECONDS = 60.0
 ROUTE_POLL_SECONDS = 0.2  # routing looks for newly complete series (a read when idle)
 
 
@@ -240,6 +242,25 @@ def _api_context(
     )
 
 
+def _retention_loop(config: NodeConfig, store: InstanceStore, stop: threading.Event) -> None:
+    """Purge studies whose retention has passed, every minute; errors are logged."""
+    retention = config.storage.retention_hours * 3600
+    while not stop.wait(min(RETENTION_CHECK_SECONDS, retention / 10)):
+        try:
+            for study in purge_expired(store.index, store.root, retention, time.time()):
+                log.info(
+                    "study_purged",
+                    study_uid=study.study_uid,
+                    instances=study.instances,
+                    results=study.results,
+                    retention_hours=config.storage.retention_hours,
+                )
+                audit("study_purged", study_uid=study.study_uid, instances=study.instances,
+                      results=study.results)  # fmt: skip
+        except Exception:
+            log.exception("retention_failed")
+
+
 def _cannot_listen(config: NodeConfig, store: InstanceStore, exc: OSError) -> int:
     log.error(
         "dicom_listener_failed",
@@ -358,6 +379,10 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
         name="routing",
     )
     route_thread.start()
+    retention_thread = threading.Thread(
+        target=_retention_loop, args=(config, store, stop), name="retention"
+    )
+    retention_thread.start()
     exporter = Exporter(config, store.index, store.root)
     export_thread = threading.Thread(target=exporter.run, args=(stop,), name="export")
     export_thread.start()
@@ -415,6 +440,7 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
     sweep_thread.join()
     route_thread.join()
     export_thread.join()
+    retention_thread.join()
     if counted_thread is not None:
         counted_thread.join()
     store.close()

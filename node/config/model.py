@@ -128,6 +128,13 @@ class StorageSettings(_Section):
         description="free disk space (MiB) to keep in reserve; below it the node answers "
         "'out of resources' and senders retry later",
     )
+    retention_hours: float = Field(
+        24.0,
+        gt=0,
+        le=24 * 3650,
+        description="how long received instances and results are kept after their work is "
+        "done (delivered, rejected, or nothing to do); failed work is kept until retried",
+    )
     audit_path: Path | None = Field(
         None,
         description="the audit trail (JSON lines: associations, instances received, results "
