@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 import time
 
 import uvicorn
 from fastapi import FastAPI
+
+from node.config import ServerTls
 
 START_SECONDS = 15.0
 
@@ -15,11 +18,15 @@ START_SECONDS = 15.0
 class ApiServer:
     """Serves the app on host:port until `stop`."""
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(self, app: FastAPI, host: str, port: int, tls: ServerTls | None = None) -> None:
         config = uvicorn.Config(
             app,
             host=host,
             port=port,
+            ssl_certfile=str(tls.certificate) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
+            ssl_ca_certs=str(tls.ca_certificates) if tls and tls.ca_certificates else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.ca_certificates else ssl.CERT_NONE,
             log_config=None,  # the node's logging, not uvicorn's
             access_log=False,
             lifespan="off",

@@ -14,7 +14,7 @@ from node import __version__
 from node.config import NodeConfig, load_config, resolve_config_path
 from node.domain import JobState
 from node.errors import ConfigError, RadnodeError
-from node.export import Target, echo, parse_target, send_files
+from node.export import Target, echo, parse_target, send_files, target_of
 from node.logs import configure_logging
 from node.store import StudySummary
 
@@ -171,12 +171,7 @@ def _target(text: str, config: NodeConfig | None) -> Target:
     if config is not None:
         dest = config.destination(text)
         if dest is not None:
-            if dest.ae_title is None or dest.host is None or dest.port is None:
-                raise ConfigError(
-                    f"destination {text!r} is a STOW-RS destination ({dest.url}); "
-                    "DICOM echo and send need a C-STORE destination or AET@host:port"
-                )
-            return Target(dest.ae_title, dest.host, dest.port)
+            return target_of(dest)
     if "@" not in text and config is not None:
         known = ", ".join(d.name for d in config.destinations) or "none configured"
         raise ConfigError(
@@ -293,7 +288,8 @@ def summarise_config(config: NodeConfig) -> str:
     """A readable summary of a valid configuration, like an integration sheet."""
     node, storage, comp = config.node, config.storage, config.completion
     lines = [
-        f"node         AE {node.ae_title}, listening on {node.host}:{node.port}, "
+        f"node         AE {node.ae_title}, listening on {node.host}:{node.port}"
+        f"{' (DICOM TLS)' if node.tls else ''}, "
         f"up to {node.max_associations} associations, {node.listener_processes} listener "
         f"process(es), max PDU {node.max_pdu_bytes} bytes",
         f"storage      {storage.root.resolve()} (index {storage.resolved_index_url()}), "
@@ -334,6 +330,18 @@ def summarise_config(config: NodeConfig) -> str:
         f"inference    {inference.workers} worker(s), providers "
         f"{' > '.join(inference.providers)}, threads {inference.intra_op_threads or 'all cores'}, "
         f"models in {inference.resolved_models_dir()}"
+    )
+    api = config.api
+    scheme = "https" if api.tls else "http"
+    lines.append(
+        f"http         {scheme}://{api.host}:{api.port}, {len(api.tokens)} token(s): "
+        + (", ".join(f"{t.name} ({'+'.join(t.scopes)})" for t in api.tokens) or "only /healthz")
+        if api.enabled
+        else "http         off (api.enabled: false)"
+    )
+    lines.append(
+        f"retention    {config.storage.retention_hours:g} h after the work is done; audit trail "
+        f"{config.storage.resolved_audit_path()}"
     )
     delivery = config.delivery
     lines.append(

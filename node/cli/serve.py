@@ -353,6 +353,7 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
             build_app(_api_context(config, store, limiter, registry, workers)),
             config.api.host,
             config.api.port,
+            config.api.tls,
         )
         try:
             api.start()

@@ -4,6 +4,7 @@ from node.config.loader import DEFAULT_CONFIG_PATH, load_config, resolve_config_
 from node.config.model import (
     ApiSettings,
     ApiToken,
+    ClientTls,
     CompletenessQuery,
     CompletionSettings,
     DeliverySettings,
@@ -13,6 +14,7 @@ from node.config.model import (
     NodeConfig,
     NodeSettings,
     Route,
+    ServerTls,
     Source,
     StorageSettings,
 )
@@ -21,6 +23,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ApiSettings",
     "ApiToken",
+    "ClientTls",
     "CompletenessQuery",
     "CompletionSettings",
     "DeliverySettings",
@@ -30,6 +33,7 @@ __all__ = [
     "NodeConfig",
     "NodeSettings",
     "Route",
+    "ServerTls",
     "Source",
     "StorageSettings",
     "load_config",

@@ -67,6 +67,53 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def _existing_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"{value} is not a readable file; check the path")
+    return value
+
+
+PemFile = Annotated[Path, AfterValidator(_existing_file)]
+
+
+class ServerTls(_Section):
+    """TLS for a service of the node (DICOM or HTTP): its certificate and key."""
+
+    certificate: PemFile = Field(
+        description="the node's certificate (PEM), with its chain, for this service"
+    )
+    key: PemFile = Field(description="the certificate's private key (PEM, not encrypted)")
+    ca_certificates: PemFile | None = Field(
+        None,
+        description="CA certificates (PEM) that clients' certificates must be signed by; "
+        "set it to require client certificates (mutual TLS), leave out to accept any client",
+    )
+
+
+class ClientTls(_Section):
+    """TLS when the node calls a peer: whom to trust, and its own certificate if asked."""
+
+    ca_certificates: PemFile | None = Field(
+        None,
+        description="CA certificates (PEM) the peer's certificate must be signed by; empty "
+        "means the system's trusted CAs",
+    )
+    certificate: PemFile | None = Field(
+        None, description="the node's client certificate (PEM), for peers that ask for one"
+    )
+    key: PemFile | None = Field(None, description="the client certificate's private key (PEM)")
+    server_name: str | None = Field(
+        None,
+        description="the name the peer's certificate must carry; empty means the host",
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTls:
+        if (self.certificate is None) != (self.key is None):
+            raise ValueError("give both certificate and key for a client certificate, or neither")
+        return self
+
+
 class NodeSettings(_Section):
     """How the node presents itself on the DICOM network."""
 
@@ -106,6 +153,11 @@ class NodeSettings(_Section):
         60.0,
         gt=0,
         description="seconds of silence after which an association is dropped",
+    )
+    tls: ServerTls | None = Field(
+        None,
+        description="DICOM TLS on node.port: certificate, key, and CA certificates to require "
+        "client certificates; leave out for plain DICOM",
     )
 
 
@@ -295,6 +347,11 @@ class Destination(_Section):
         description="seconds to wait for the destination to connect or answer before the "
         "attempt counts as failed and is retried later",
     )
+    tls: ClientTls | None = Field(
+        None,
+        description="DICOM TLS to this destination (C-STORE): the CA certificates to trust "
+        "and, if it asks, a client certificate; for STOW-RS use an https:// url",
+    )
 
     @field_validator("outputs")
     @classmethod
@@ -344,7 +401,7 @@ class Destination(_Section):
         """Where it is, without secrets: AET@host:port or the URL."""
         if self.url:
             return f"STOW-RS {self.url}" + (f" ({self.auth.type} auth)" if self.auth else "")
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.ae_title}@{self.host}:{self.port}" + (" (TLS)" if self.tls else "")
 
 
 class CompletionSettings(_Section):
@@ -601,6 +658,9 @@ class ApiSettings(_Section):
     tokens: list[ApiToken] = Field(
         default_factory=list,
         description="bearer tokens, by their SHA-256; with none, only /healthz answers",
+    )
+    tls: ServerTls | None = Field(
+        None, description="HTTPS: the certificate and key; leave out for plain HTTP"
     )
     max_body_mb: int = Field(
         2048,

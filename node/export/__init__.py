@@ -10,6 +10,7 @@ from node.export.scu import (
     echo,
     parse_target,
     send_files,
+    target_of,
 )
 from node.export.stow import check_stow
 
@@ -24,4 +25,5 @@ __all__ = [
     "parse_target",
     "retry_delay",
     "send_files",
+    "target_of",
 ]

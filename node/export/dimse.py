@@ -9,6 +9,7 @@ transcoded losslessly when its own is not among them).
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,9 +26,9 @@ from node.domain.status import (
     SUCCESS,
     describe_status,
 )
-from node.errors import DeliveryError
+from node.errors import ConfigError, DeliveryError
 from node.export.outbound import OutboundObject, kinds_to_send, objects_of
-from node.export.scu import MAX_CONTEXTS, Target, check_tcp, explain_failed_association
+from node.export.scu import MAX_CONTEXTS, check_tcp, explain_failed_association, target_of
 from node.export.transcode import CannotTranscode, choose_syntax, proposed_syntaxes, transcode
 
 # Statuses that no retry can change: the peer refuses this object for good.
@@ -107,10 +108,11 @@ def store_to_peer(
     reason IT can act on. `on_confirmed` is called with each SOP instance UID right
     after the peer answered success, so a crash loses no progress.
     """
-    if destination.ae_title is None or destination.host is None or destination.port is None:
-        raise DeliveryRefused(f"destination {destination.name!r} has no AE title, host and port")
+    try:
+        target = target_of(destination)
+    except ConfigError as exc:
+        raise DeliveryRefused(str(exc)) from exc
     started = time.perf_counter()
-    target = Target(destination.ae_title, destination.host, destination.port)
     timeout = destination.timeout_seconds
     candidates = objects_of(objects, {*destination.outputs, *destination.fallback_outputs})
     datasets = {o.sop_instance_uid: dcmread(o.path) for o in candidates}
@@ -135,7 +137,13 @@ def store_to_peer(
     ae.connection_timeout = timeout
     ae.requested_contexts = contexts
     began = time.perf_counter()
-    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
+    try:
+        assoc = target.associate(ae)
+    except ssl.SSLError as exc:
+        raise AttemptFailed(
+            f"TLS with {target} failed: {exc.reason or exc}; check "
+            "destinations[].tls and the peer's certificate"
+        ) from exc
     if not assoc.is_established:
         waited = time.perf_counter() - began
         raise AttemptFailed(explain_failed_association(assoc, calling_ae, target, waited, timeout))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from node.config import Destination
 from node.domain.status import (
     PENDING,
     PENDING_WARNING,
@@ -37,6 +39,7 @@ from node.domain.status import (
     describe_status,
 )
 from node.errors import ConfigError
+from node.tls import client_context
 
 _TARGET = re.compile(
     r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9a-fA-F:.]+\]|[^:@\s]+):(?P<port>\d{1,5})$"
@@ -46,14 +49,38 @@ MAX_CONTEXTS = 128
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A DICOM peer: AE title, host and port."""
+    """A DICOM peer: AE title, host and port, and the TLS context when it speaks TLS."""
 
     ae_title: str
     host: str
     port: int
+    tls: ssl.SSLContext | None = None
+    server_name: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.ae_title}@{self.host}:{self.port}" + (" (TLS)" if self.tls else "")
+
+    def associate(self, ae: AE) -> Association:
+        """Request an association with this peer, over TLS when it has a context."""
+        tls_args = (self.tls, self.server_name or self.host) if self.tls is not None else None
+        return ae.associate(self.host, self.port, ae_title=self.ae_title, tls_args=tls_args)
+
+
+def target_of(destination: Destination) -> Target:
+    """A C-STORE destination as a Target (ConfigError for a STOW-RS one)."""
+    if destination.ae_title is None or destination.host is None or destination.port is None:
+        raise ConfigError(
+            f"destination {destination.name!r} is a STOW-RS destination ({destination.url}); "
+            "DICOM needs a C-STORE destination or AET@host:port"
+        )
+    tls = destination.tls
+    return Target(
+        destination.ae_title,
+        destination.host,
+        destination.port,
+        client_context(tls) if tls is not None else None,
+        tls.server_name if tls is not None else None,
+    )
 
 
 def parse_target(text: str) -> Target:
@@ -139,7 +166,7 @@ def echo(target: Target, calling_ae: str, timeout: float = 10.0) -> EchoResult:
     ae.dimse_timeout = timeout
     ae.add_requested_context(Verification)
     start = time.perf_counter()
-    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
+    assoc = target.associate(ae)
     associate_ms = (time.perf_counter() - start) * 1000
     if not assoc.is_established:
         waited = associate_ms / 1000
@@ -254,7 +281,7 @@ def send_files(
         problem = check_tcp(target, timeout)
         if problem is None:
             began = time.perf_counter()
-            assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
+            assoc = target.associate(ae)
             if not assoc.is_established:
                 waited = time.perf_counter() - began
                 problem = explain_failed_association(assoc, calling_ae, target, waited, timeout)
@@ -328,7 +355,7 @@ def count_series_instances(
     ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout
     ae.connection_timeout = timeout
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
+    assoc = target.associate(ae)
     if not assoc.is_established:
         return None
     query = Dataset()

@@ -34,6 +34,7 @@ from node.ingest import tuning
 from node.ingest.limiter import AssociationLimiter
 from node.ingest.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
 from node.store import InstanceStore, check_uid
+from node.tls import server_context
 
 log = structlog.get_logger("radnode.ingest")
 
@@ -203,6 +204,7 @@ class DicomListener:
                 ae_title=node.ae_title,
                 evt_handlers=handlers,
                 server_class=_Server,
+                ssl_context=server_context(node.tls) if node.tls else None,
             ),
         )
         self._server = server
@@ -215,6 +217,7 @@ class DicomListener:
             port=self.port,
             max_pdu=node.max_pdu_bytes,
             max_associations=node.max_associations,
+            tls=node.tls is not None,
         )
 
     def stop(self) -> None:

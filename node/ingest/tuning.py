@@ -136,6 +136,9 @@ def _wait_for_traffic(dul: DULServiceProvider, seconds: float) -> None:
     if sock is None:
         time.sleep(seconds)
         return
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending():  # TLS: decrypted bytes wait in the SSL layer,
+        return  # which select() cannot see
     waking = outgoing if isinstance(outgoing, WakingQueue) else None
     try:
         readable, _, _ = select.select([sock, waking.reader] if waking else [sock], [], [], seconds)
