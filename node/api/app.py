@@ -14,23 +14,37 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from node import __version__
 from node.api.auth import Caller, identify
 from node.api.metrics import CONTENT_TYPE, NodeCollector, render
+from node.api.status_page import (
+    DestinationView,
+    JobView,
+    key_image_thumbnail,
+    render_login,
+    render_status,
+)
 from node.audit import audit
 from node.config import NodeConfig
 from node.domain import Job, JobState
 from node.store import DeliveryQueue, InstanceIndex, JobQueue
+from node.store.files import OUTPUTS_DIR
 from node.store.retry import retry_job
 
 log = structlog.get_logger("radnode.api")
 
 DICOM_JSON = "application/dicom+json"
+SESSION_COOKIE = "radnode_token"
+RECENT_JOBS = 20
+THUMBNAIL_CACHE = 500
+
 # A STOW-RS request: (source, content type, body, study UID or None, peer) ->
 # (HTTP status, the response body as DICOM JSON, or {"detail": reason}).
 StowHandler = Callable[[str, str, bytes, str | None, str], tuple[int, dict[str, Any]]]
@@ -46,6 +60,8 @@ class ApiContext:
     receive_stow: StowHandler
     readiness: Callable[[], dict[str, str]]  # check -> problem ("" when fine)
     associations: Callable[[], int] = lambda: 0
+    # destination name -> (ok, message, when) of its last connectivity check
+    destination_checks: Callable[[], dict[str, tuple[bool, str, float]]] = dict
 
 
 def _job_json(job: Job) -> dict[str, Any]:
@@ -119,6 +135,103 @@ def build_app(ctx: ApiContext) -> FastAPI:
                 peer=request.client.host if request.client else "",
             )
         return response
+
+    thumbnails: dict[str, str | None] = {}
+
+    def thumbnail(job: Job) -> str | None:
+        if job.result_relpath is None:  # no result (yet, or any more)
+            return None
+        if job.id not in thumbnails:
+            if len(thumbnails) > THUMBNAIL_CACHE:
+                thumbnails.clear()
+            folder = ctx.root / job.result_relpath / OUTPUTS_DIR
+            thumbnails[job.id] = key_image_thumbnail(folder)
+        return thumbnails[job.id]
+
+    def page_caller(request: Request) -> Caller | None:
+        found = identify(request.headers.get("authorization"), tokens)
+        if found is None:
+            cookie = request.cookies.get(SESSION_COOKIE)
+            found = identify(f"Bearer {cookie}", tokens) if cookie else None
+        request.state.caller = found
+        return found
+
+    def status_page(who: Caller, message: str | None = None) -> HTMLResponse:
+        queue, deliveries = JobQueue(ctx.index), DeliveryQueue(ctx.index)
+        counts = ctx.index.counts("jobs.state")
+        per_destination: dict[str, dict[str, int]] = {}
+        for (name, state), n in deliveries.counts().items():
+            per_destination.setdefault(name, {})[state] = n
+        checks = ctx.destination_checks()
+        views = [
+            DestinationView(
+                name=d.name,
+                where=d.describe(),
+                check_ok=checks[d.name][0] if d.name in checks else None,
+                check_message=checks[d.name][1] if d.name in checks else "",
+                checked_at=checks[d.name][2] if d.name in checks else None,
+                deliveries=per_destination.get(d.name, {}),
+            )
+            for d in ctx.config.destinations
+        ]
+
+        def view(job: Job) -> JobView:
+            return JobView(job, deliveries.for_job(job.id), queue.timeline(job.id), thumbnail(job))
+
+        html = render_status(
+            node_title=f"{ctx.config.node.ae_title} on port {ctx.config.node.port}",
+            version=__version__,
+            now=time.time(),
+            counts={state.value: counts.get(state.value, 0) for state in JobState},
+            destinations=views,
+            failed=[view(j) for j in queue.recent(JobState.FAILED, 50)],
+            recent=[view(j) for j in queue.recent(None, RECENT_JOBS)],
+            can_retry=who.may("admin"),
+            message=message,
+        )
+        return HTMLResponse(html)
+
+    def with_session(response: HTMLResponse, token: str) -> HTMLResponse:
+        response.set_cookie(
+            SESSION_COOKIE,
+            token,
+            httponly=True,
+            samesite="strict",
+            secure=ctx.config.api.tls is not None,
+            path="/status",
+        )
+        return response
+
+    @app.get("/status", response_class=HTMLResponse)
+    def status(request: Request) -> HTMLResponse:
+        who = page_caller(request)
+        if who is None:
+            return HTMLResponse(render_login(), status_code=401)
+        if not who.may("read"):
+            return HTMLResponse(render_login(f"token {who.name!r} lacks the read scope"), 403)
+        return status_page(who)
+
+    @app.post("/status/login", response_class=HTMLResponse)
+    async def login(request: Request) -> HTMLResponse:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        token = (form.get("token") or [""])[0].strip()
+        who = identify(f"Bearer {token}", tokens) if token else None
+        request.state.caller = who
+        if who is None or not who.may("read"):
+            return HTMLResponse(render_login("this token is not valid here"), status_code=401)
+        return with_session(status_page(who), token)
+
+    @app.post("/status/jobs/{job_id}/retry", response_class=HTMLResponse)
+    def retry_from_page(request: Request, job_id: str) -> HTMLResponse:
+        who = page_caller(request)
+        if who is None:
+            return HTMLResponse(render_login(), status_code=401)
+        if not who.may("admin"):
+            return HTMLResponse(render_login(f"token {who.name!r} may not retry jobs"), 403)
+        outcome = retry_job(ctx.index, job_id, time.time())
+        name = outcome.job.id[:8] if outcome.job else job_id
+        verb = "" if outcome.done else "not retried: "
+        return status_page(who, f"job {name}: {verb}{outcome.message}")
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

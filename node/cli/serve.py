@@ -26,7 +26,7 @@ from node.audit import audit, configure_audit
 from node.cli.work import Worker, route_pending
 from node.config import NodeConfig
 from node.errors import ConfigError
-from node.export import Exporter, Target, count_series_instances
+from node.export import DestinationProbe, Exporter, Target, count_series_instances
 from node.inference.package import ModelRegistry
 from node.inference.pipelines import PIPELINES
 from node.ingest import AssociationLimiter, DicomListener
@@ -194,6 +194,7 @@ def _api_context(
     limiter: AssociationLimiter,
     registry: ModelRegistry | None,
     workers: dict[int, BaseProcess],
+    probe: DestinationProbe,
 ) -> ApiContext:
     """What the HTTP API needs from the node: the store, STOW-RS ingest, readiness."""
 
@@ -239,6 +240,9 @@ def _api_context(
         receive_stow=stow,
         readiness=readiness,
         associations=lambda: limiter.in_use,
+        destination_checks=lambda: {
+            name: (r.ok, r.message, r.at) for name, r in probe.results().items()
+        },
     )
 
 
@@ -348,9 +352,10 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
     except OSError as exc:
         return _cannot_listen(config, store, exc)
     api: ApiServer | None = None
+    probe = DestinationProbe(config)
     if config.api.enabled:
         api = ApiServer(
-            build_app(_api_context(config, store, limiter, registry, workers)),
+            build_app(_api_context(config, store, limiter, registry, workers, probe)),
             config.api.host,
             config.api.port,
             config.api.tls,
@@ -380,6 +385,9 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
         name="routing",
     )
     route_thread.start()
+    probe_thread = threading.Thread(target=probe.run, args=(stop,), name="probe", daemon=True)
+    if config.api.enabled and config.destinations:
+        probe_thread.start()  # its results are for the status page
     retention_thread = threading.Thread(
         target=_retention_loop, args=(config, store, stop), name="retention"
     )

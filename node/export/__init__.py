@@ -2,6 +2,7 @@
 delivers results by C-STORE or STOW-RS with retries."""
 
 from node.export.exporter import Exporter, retry_delay
+from node.export.probe import CheckResult, DestinationProbe
 from node.export.scu import (
     EchoResult,
     SendReport,
@@ -15,6 +16,8 @@ from node.export.scu import (
 from node.export.stow import check_stow
 
 __all__ = [
+    "CheckResult",
+    "DestinationProbe",
     "EchoResult",
     "Exporter",
     "SendReport",

@@ -72,6 +72,13 @@ def _event(
     )
 
 
+def _duration(seconds: float) -> str:
+    """A span in the unit IT reads best: hours from one hour, else minutes or seconds."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def _settle_job(conn: Connection, job_id: str, now: float) -> JobState:
     """Set the job's state from its deliveries; return it. One event per change."""
     rows = conn.execute(
@@ -293,9 +300,8 @@ class DeliveryQueue:
             if row is None:
                 return None
             if now + delay_seconds - row.started_at > max_age_seconds:
-                hours = (now - row.started_at) / 3600
                 final = (
-                    f"gave up after {row.attempts} attempts over {hours:.1f} h "
+                    f"gave up after {row.attempts} attempts over {_duration(now - row.started_at)} "
                     f"(delivery.max_age_hours); last error: {reason}"
                 )
                 self._fail(conn, row, final, now)
