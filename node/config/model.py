@@ -347,6 +347,12 @@ class Destination(_Section):
         description="seconds to wait for the destination to connect or answer before the "
         "attempt counts as failed and is retried later",
     )
+    deidentify: bool = Field(
+        False,
+        description="send de-identified objects (DICOM PS3.15 Basic Application Level "
+        "Confidentiality Profile) with pseudonymous UIDs from deidentification.key_file, for "
+        "a research archive; the summary PDF, which names the patient, is not sent there",
+    )
     tls: ClientTls | None = Field(
         None,
         description="DICOM TLS to this destination (C-STORE): the CA certificates to trust "
@@ -676,6 +682,23 @@ class ApiSettings(_Section):
         return self
 
 
+class DeidentificationSettings(_Section):
+    """The key behind the pseudonyms of de-identified destinations."""
+
+    key_file: PemFile = Field(
+        description="a file of at least 32 random bytes (head -c 32 /dev/urandom > FILE); the "
+        "same key gives a study the same pseudonymous UIDs every time, so a research archive "
+        "can collect its cases; keep it secret and keep it: a new key gives new pseudonyms"
+    )
+
+    @field_validator("key_file")
+    @classmethod
+    def _long_enough(cls, value: Path) -> Path:
+        if value.stat().st_size < 32:
+            raise ValueError(f"{value} holds fewer than 32 bytes; make a longer random key")
+        return value
+
+
 class LoggingSettings(_Section):
     """How Radnode logs."""
 
@@ -701,6 +724,7 @@ class NodeConfig(_Section):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    deidentification: DeidentificationSettings | None = None
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")
@@ -709,6 +733,12 @@ class NodeConfig(_Section):
         _unique("sources", "ae_title", [s.ae_title for s in self.sources])
         _unique("destinations", "name", [d.name for d in self.destinations])
         _unique("routes", "name", [r.name for r in self.routes])
+        for i, dest in enumerate(self.destinations):
+            if dest.deidentify and self.deidentification is None:
+                raise ValueError(
+                    f"destinations[{i}].deidentify is true but deidentification.key_file is not "
+                    "set; add a key file (head -c 32 /dev/urandom > FILE) under deidentification"
+                )
         source_names = {s.name for s in self.sources}
         dest_names = {d.name for d in self.destinations}
         for i, route in enumerate(self.routes):

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, build_context
@@ -27,7 +26,14 @@ from node.domain.status import (
     describe_status,
 )
 from node.errors import ConfigError, DeliveryError
-from node.export.outbound import OutboundObject, kinds_to_send, objects_of
+from node.export.deidentify import Deidentifier
+from node.export.outbound import (
+    NOT_FOR_DEIDENTIFIED,
+    OutboundObject,
+    kinds_to_send,
+    objects_of,
+    read_for_destination,
+)
 from node.export.scu import MAX_CONTEXTS, check_tcp, explain_failed_association, target_of
 from node.export.transcode import CannotTranscode, choose_syntax, proposed_syntaxes, transcode
 
@@ -101,6 +107,7 @@ def store_to_peer(
     objects: Sequence[OutboundObject],
     confirmed: frozenset[str],
     on_confirmed: Callable[[str], None],
+    deidentifier: Deidentifier | None = None,
 ) -> SendOutcome:
     """Send the objects the destination takes, in one association.
 
@@ -114,8 +121,13 @@ def store_to_peer(
         raise DeliveryRefused(str(exc)) from exc
     started = time.perf_counter()
     timeout = destination.timeout_seconds
-    candidates = objects_of(objects, {*destination.outputs, *destination.fallback_outputs})
-    datasets = {o.sop_instance_uid: dcmread(o.path) for o in candidates}
+    wanted = {*destination.outputs, *destination.fallback_outputs}
+    if destination.deidentify:
+        wanted -= set(NOT_FOR_DEIDENTIFIED)
+    candidates = objects_of(objects, wanted)
+    datasets = {
+        o.sop_instance_uid: read_for_destination(o, destination, deidentifier) for o in candidates
+    }
     contexts = []
     seen: set[tuple[str, str]] = set()
     for obj in candidates:

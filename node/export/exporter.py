@@ -23,6 +23,7 @@ from node.audit import audit
 from node.config import Destination, NodeConfig
 from node.domain import Delivery, DeliveryState
 from node.errors import DeliveryError
+from node.export.deidentify import Deidentifier
 from node.export.dimse import AttemptFailed, DeliveryRefused, SendOutcome, store_to_peer
 from node.export.outbound import OutboundObject, load_outbound
 from node.export.stow import stow_to_server
@@ -66,6 +67,8 @@ class Exporter:
         self._refusals_logged: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._wake: dict[str, threading.Event] = {}
+        deid = config.deidentification
+        self.deidentifier = Deidentifier.from_file(deid.key_file) if deid else None
 
     # -- the loops -------------------------------------------------------------------
 
@@ -201,9 +204,13 @@ class Exporter:
         on_confirmed: Callable[[str], None],
     ) -> SendOutcome:
         if destination.protocol == "stow-rs":
-            return stow_to_server(destination, objects, delivery.confirmed, on_confirmed)
+            return stow_to_server(
+                destination, objects, delivery.confirmed, on_confirmed, self.deidentifier
+            )
         calling = destination.calling_ae_title or self.config.node.ae_title
-        return store_to_peer(destination, calling, objects, delivery.confirmed, on_confirmed)
+        return store_to_peer(
+            destination, calling, objects, delivery.confirmed, on_confirmed, self.deidentifier
+        )
 
     def _retry(
         self, destination: Destination, delivery: Delivery, reason: str, fields: dict[str, object]

@@ -13,10 +13,16 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
 from node.config import Destination
 from node.errors import DeliveryError
+from node.export.deidentify import Deidentifier
 from node.store.files import OUTPUTS_DIR, RESULT_META
 
+# The summary PDF names the patient on its page: no de-identified destination gets it.
+NOT_FOR_DEIDENTIFIED = ("pdf",)
 # The SR's measurements point at the SEG's segments: without the SEG it dangles.
 _NEEDS = {"sr": "seg"}
 
@@ -71,6 +77,8 @@ def kinds_to_send(destination: Destination, refused: Collection[str] = ()) -> li
     for kind, needed in _NEEDS.items():
         if needed in refused_set:
             refused_set.add(kind)
+    if destination.deidentify:  # identity inside the content: never de-identified
+        refused_set.update(NOT_FOR_DEIDENTIFIED)
     kinds = [k for k in destination.outputs if k not in refused_set]
     if refused_set & {"seg", "sr"}:
         kinds.extend(k for k in destination.fallback_outputs if k not in kinds)
@@ -80,3 +88,18 @@ def kinds_to_send(destination: Destination, refused: Collection[str] = ()) -> li
 def objects_of(objects: Sequence[OutboundObject], kinds: Collection[str]) -> list[OutboundObject]:
     """The objects of the given kinds, in the encoder's order (SEG before SR)."""
     return [o for o in objects if o.kind in kinds]
+
+
+def read_for_destination(
+    obj: OutboundObject, destination: Destination, deidentifier: Deidentifier | None
+) -> Dataset:
+    """The object as this destination gets it: de-identified when it asks for that."""
+    ds = dcmread(obj.path)
+    if destination.deidentify:
+        if deidentifier is None:
+            raise DeliveryError(
+                f"destination {destination.name!r} wants de-identified objects and no key is "
+                "configured; set deidentification.key_file"
+            )
+        deidentifier.apply(ds)
+    return ds

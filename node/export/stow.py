@@ -14,13 +14,18 @@ from collections.abc import Callable, Sequence
 
 import requests
 from dicomweb_client.api import DICOMwebClient
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from node.config import Destination
 from node.domain.status import SOP_CLASS_NOT_SUPPORTED, describe_status
+from node.export.deidentify import Deidentifier
 from node.export.dimse import AttemptFailed, DeliveryRefused, SendOutcome
-from node.export.outbound import OutboundObject, kinds_to_send, objects_of
+from node.export.outbound import (
+    OutboundObject,
+    kinds_to_send,
+    objects_of,
+    read_for_destination,
+)
 
 _HTTP_HINTS = {
     401: "the server wants credentials: check destinations[].auth",
@@ -118,11 +123,25 @@ def _post(
         raise AttemptFailed(f"STOW-RS to {url} failed: {type(exc).__name__}") from exc
 
 
+def _with_original_uids(response: Dataset | None, pseudonyms: dict[str, str]) -> Dataset | None:
+    """The response with each pseudonymous SOP instance UID put back to the node's own."""
+    if response is None:
+        return None
+    original = {str(v): k for k, v in pseudonyms.items()}
+    for keyword in ("ReferencedSOPSequence", "FailedSOPSequence"):
+        for item in response.get(keyword, []):
+            uid = str(item.get("ReferencedSOPInstanceUID", ""))
+            if uid in original:
+                item.ReferencedSOPInstanceUID = original[uid]
+    return response
+
+
 def stow_to_server(
     destination: Destination,
     objects: Sequence[OutboundObject],
     confirmed: frozenset[str],
     on_confirmed: Callable[[str], None],
+    deidentifier: Deidentifier | None = None,
 ) -> SendOutcome:
     """Send the objects the destination takes; raise AttemptFailed or DeliveryRefused."""
     started = time.perf_counter()
@@ -136,7 +155,14 @@ def stow_to_server(
         outcome.kinds = [k for k in kinds if any(o.kind == k for o in objects)]
         if not batch:
             break
-        response = _post(client, destination, [dcmread(o.path) for o in batch])
+        datasets = [read_for_destination(o, destination, deidentifier) for o in batch]
+        response = _post(client, destination, datasets)
+        if destination.deidentify:  # the server answers with the pseudonymous UIDs
+            pseudonyms = {
+                o.sop_instance_uid: str(ds.SOPInstanceUID)
+                for o, ds in zip(batch, datasets, strict=True)
+            }
+            response = _with_original_uids(response, pseudonyms)
         failures = _failures(response)
         stored = _stored(response)
         newly_refused = False
