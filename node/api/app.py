@@ -20,6 +20,7 @@ import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node import __version__
 from node.api.auth import Caller, identify
@@ -91,6 +92,20 @@ def build_app(ctx: ApiContext) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def precise_errors(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = (
+                f"no such path {request.url.path!r}; the node serves /healthz, /readyz, "
+                "/metrics, /status, /api/v1/studies, /api/v1/jobs[/{id}[/retry]] and "
+                "/dicomweb/{source}/studies"
+            )
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
     collector = NodeCollector(ctx.index, ctx.root, ctx.associations)
     tokens = ctx.config.api.tokens
     max_body = ctx.config.api.max_body_mb * 2**20

@@ -180,6 +180,12 @@ def test_bad_stow_requests_get_precise_answers_and_store_nothing(
     big_type, big = multipart([("application/dicom", b"\0" * (2 * 2**20))])
     too_big = stow(node, big_type, big)
     assert too_big.status_code == 413 and "api.max_body_mb" in too_big.json()["detail"]
+    # An unknown path or method: 404 and 405, each saying what there is
+    lost = get(node, "/api/v2/nothing")
+    assert lost.status_code == 404 and "/api/v1/jobs" in lost.json()["detail"]
+    wrong_method = requests.delete(url(node, "/api/v1/studies"), timeout=30)
+    assert wrong_method.status_code == 405
+    assert "DELETE is not allowed" in wrong_method.json()["detail"]
     # And nothing but the one good instance was stored
     [study] = get(node, "/api/v1/studies").json()
     assert study["instances"] == 1
