@@ -1,8 +1,10 @@
-"""The HTTP API: health, readiness, metrics, studies, jobs (with retry) and STOW-RS.
+"""The HTTP API: health, readiness, metrics, studies, jobs (with retry), STOW-RS and
+the status page.
 
 `/healthz` answers anyone (is the process up); everything else needs a bearer token
-from `api.tokens` with the right scope: read for status, jobs, studies and metrics;
-store for STOW-RS; admin to retry jobs. Errors are JSON with a `detail` that says
+from `api.tokens` with the right scope (on the status page, the token signed in
+with, kept in a cookie): read for status, jobs, studies and metrics; store for
+STOW-RS; admin to retry jobs. Errors are JSON with a `detail` that says
 what was wrong and what to do. No patient data leaves through this API: studies are
 listed by UID, date and counts, never by name or ID.
 """
