@@ -103,13 +103,18 @@ def run_orthanc(work: Path) -> AbstractContextManager[tuple[str, int]]:
     return serving([ORTHANC, str(config_path)], "ORTHANC", port, DCMTK_ENV)
 
 
-def node_runner(processes: int) -> Receiver:
+def node_runner(processes: int, encrypted: bool = False) -> Receiver:
     def run_node(work: Path) -> AbstractContextManager[tuple[str, int]]:
         port = free_port()
+        storage: dict[str, object] = {"root": str(work / "radnode"), "min_free_mb": 64}
+        if encrypted:  # encryption at rest: data sets kept in memory, sealed, then written
+            key = work / "at-rest.key"
+            key.write_bytes(os.urandom(32))
+            storage["encryption_key_file"] = str(key)
         config = {
             "node": {"ae_title": "RADNODE", "port": port, "listener_processes": processes},
             "api": {"port": free_port()},  # as deployed: the HTTP server runs beside
-            "storage": {"root": str(work / "radnode"), "min_free_mb": 64},
+            "storage": storage,
             "sources": [{"name": "bench", "ae_title": "STORESCU", "hosts": ["127.0.0.1"]}],
             "completion": {"series_quiet_seconds": 60, "study_quiet_seconds": 120},
             "logging": {"level": "warning", "format": "json"},
@@ -159,6 +164,7 @@ def main() -> int:
         "Orthanc": run_orthanc,
         "radnode, 1 listener": node_runner(1),
         "radnode, 2 listeners": node_runner(2),
+        "radnode, 2 listeners, encrypted at rest": node_runner(2, encrypted=True),
     }
     # rates[name][associations] holds one rate per round; every round measures all
     # receivers back to back, so a slow spell of the machine hits them alike and the

@@ -21,6 +21,7 @@ import pydicom
 from PIL import Image
 
 from node.domain import Delivery, Job
+from node.store.sealed import dicom_source
 
 THUMBNAIL_PIXELS = 160
 _STYLE = """
@@ -66,7 +67,7 @@ def key_image_thumbnail(folder: Path) -> str | None:
     """The first key image of a result as a small PNG data URI, or None."""
     for path in sorted(folder.glob("sc-*.dcm")):
         try:
-            pixels = pydicom.dcmread(path).pixel_array
+            pixels = pydicom.dcmread(dicom_source(path)).pixel_array
         except Exception:  # noqa: BLE001 - a thumbnail is optional: none beats a failed page
             return None
         image = Image.fromarray(pixels)

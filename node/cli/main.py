@@ -341,7 +341,8 @@ def summarise_config(config: NodeConfig) -> str:
     )
     lines.append(
         f"retention    {config.storage.retention_hours:g} h after the work is done; audit trail "
-        f"{config.storage.resolved_audit_path()}"
+        f"{config.storage.resolved_audit_path()}; files "
+        + ("encrypted at rest" if config.storage.encryption_key_file else "in the clear")
     )
     delivery = config.delivery
     lines.append(

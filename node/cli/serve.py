@@ -37,6 +37,7 @@ from node.store import InstanceIndex, InstanceStore, JobQueue
 from node.store.index import WriteLock
 from node.store.owners import this_host
 from node.store.retention import purge_expired
+from node.store.sealed import configure_sealing
 
 log = structlog.get_logger("radnode.serve")
 
@@ -79,6 +80,7 @@ def _child_started(config: NodeConfig) -> threading.Event:
     _die_with_parent()
     configure_logging(config.logging.level, config.logging.format)
     configure_audit(config.storage.resolved_audit_path())
+    configure_sealing(config.storage.encryption_key_file)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -292,6 +294,7 @@ def serve(config: NodeConfig, stop: threading.Event | None = None) -> int:
     write_lock = context.Lock()
     store = open_store(config, write_lock)
     configure_audit(config.storage.resolved_audit_path())
+    configure_sealing(config.storage.encryption_key_file)
     report = store.reindex()
     log.info(
         "storage_ready",

@@ -41,6 +41,7 @@ from node.store import InstanceStore, JobQueue
 from node.store.files import RESULTS_DIR
 from node.store.owners import this_host
 from node.store.results import save_result
+from node.store.sealed import dicom_source, read_text
 
 log = structlog.get_logger("radnode.work")
 
@@ -58,7 +59,9 @@ def enrich_facts(facts: SeriesFacts, sample: Path | None) -> SeriesFacts:
         return facts
     try:
         header = pydicom.dcmread(
-            sample, stop_before_pixels=True, specific_tags=["SliceThickness", "ImageType"]
+            dicom_source(sample),
+            stop_before_pixels=True,
+            specific_tags=["SliceThickness", "ImageType"],
         )
     except (OSError, InvalidDicomError):
         return facts
@@ -398,7 +401,7 @@ class Worker:
                 continue
             meta = self.store.root / other.result_relpath / "result.json"
             try:
-                outputs = json.loads(meta.read_text()).get("outputs", [])
+                outputs = json.loads(read_text(meta)).get("outputs", [])
             except (OSError, ValueError):
                 continue
             numbers.update(int(o.get("series_number", 0)) for o in outputs)

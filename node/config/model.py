@@ -187,6 +187,12 @@ class StorageSettings(_Section):
         description="how long received instances and results are kept after their work is "
         "done (delivered, rejected, or nothing to do); failed work is kept until retried",
     )
+    encryption_key_file: PemFile | None = Field(
+        None,
+        description="encrypt instance files and results at rest (AES-256-GCM) with a key "
+        "derived from this file (head -c 32 /dev/urandom > FILE; keep it safe: without it "
+        "the data cannot be read); empty means files are stored in the clear",
+    )
     audit_path: Path | None = Field(
         None,
         description="the audit trail (JSON lines: associations, instances received, results "

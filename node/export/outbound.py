@@ -17,9 +17,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from node.config import Destination
-from node.errors import DeliveryError
+from node.errors import DeliveryError, InvalidInput
 from node.export.deidentify import Deidentifier
 from node.store.files import OUTPUTS_DIR, RESULT_META
+from node.store.sealed import dicom_source, read_text
 
 # The summary PDF names the patient on its page: no de-identified destination gets it.
 NOT_FOR_DEIDENTIFIED = ("pdf",)
@@ -45,8 +46,8 @@ def load_outbound(result_folder: Path) -> list[OutboundObject]:
     run again (`radnode retry`), since the node cannot send what it does not have.
     """
     try:
-        meta = json.loads((result_folder / RESULT_META).read_text())
-    except (OSError, ValueError) as exc:
+        meta = json.loads(read_text(result_folder / RESULT_META))
+    except (OSError, ValueError, InvalidInput) as exc:
         raise DeliveryError(
             f"the result in {result_folder} cannot be read ({exc}); run the job again"
         ) from exc
@@ -94,7 +95,7 @@ def read_for_destination(
     obj: OutboundObject, destination: Destination, deidentifier: Deidentifier | None
 ) -> Dataset:
     """The object as this destination gets it: de-identified when it asks for that."""
-    ds = dcmread(obj.path)
+    ds = dcmread(dicom_source(obj.path))
     if destination.deidentify:
         if deidentifier is None:
             raise DeliveryError(

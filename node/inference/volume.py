@@ -37,6 +37,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, MediaStorageDirectorySto
 
 from node.domain.volume import Volume
 from node.errors import InvalidInput, TransientError
+from node.store.sealed import dicom_source
 
 log = structlog.get_logger("radnode.inference")
 
@@ -439,7 +440,7 @@ def read_series_folder(
     skipped = 0
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         try:
-            ds = dcmread(path, stop_before_pixels=True)
+            ds = dcmread(dicom_source(path), stop_before_pixels=True)
         except InvalidDicomError:
             skipped += 1
             continue
@@ -483,7 +484,7 @@ def _describe_series(by_series: dict[str, list[tuple[Path, Dataset]]]) -> str:
 
 def _read_header(path: Path, index: int, count: int) -> Dataset:
     try:
-        return dcmread(path, stop_before_pixels=True)
+        return dcmread(dicom_source(path), stop_before_pixels=True)
     except InvalidDicomError as exc:
         raise SeriesRejected(f"file {index + 1} of {count} is not DICOM: {exc}") from exc
     except OSError as exc:  # the file, not the series, is the problem: try again later
@@ -534,9 +535,9 @@ def _decode_into(out: npt.NDArray[np.float32], path: Path, header: Dataset) -> N
     try:
         if syntax == DeflatedExplicitVRLittleEndian:
             # pixel_array(path) reads the raw file and does not inflate it
-            stored = dcmread(path).pixel_array
+            stored = dcmread(dicom_source(path)).pixel_array
         else:
-            stored = pixel_array(path)
+            stored = pixel_array(dicom_source(path))
     except (OSError, MemoryError) as exc:  # the machine, not the data: try again later
         raise TransientError(
             f"could not read the pixel data of SOPInstanceUID {sop_uid}: {type(exc).__name__}"
@@ -569,7 +570,7 @@ def _decode_into(out: npt.NDArray[np.float32], path: Path, header: Dataset) -> N
 def _has_no_pixel_data(path: Path) -> bool:
     """Whether the file lacks pixel data (as opposed to holding data we cannot decode)."""
     try:
-        ds = dcmread(path, defer_size=1024)
+        ds = dcmread(dicom_source(path), defer_size=1024)
     except Exception:  # noqa: BLE001 - unreadable is not "no pixel data"; the decode error says more
         return False
     return not any(

@@ -33,7 +33,8 @@ from node.errors import InvalidInput, StorageFull
 from node.ingest import tuning
 from node.ingest.limiter import AssociationLimiter
 from node.ingest.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
-from node.store import InstanceStore, check_uid
+from node.store import InstanceStore, check_uid, read_header
+from node.store.sealed import sealing
 from node.tls import server_context
 
 log = structlog.get_logger("radnode.ingest")
@@ -162,7 +163,11 @@ class DicomListener:
 
     def _build_ae(self) -> AE:
         self._tuned = tuning.install()
-        tuning.receive_into(self.store.staging_dir)
+        if not sealing():
+            # Stream each data set to a staging file as it arrives. With encryption at
+            # rest, data sets stay in memory instead and are sealed before they are
+            # written, so nothing received is ever on disk in the clear.
+            tuning.receive_into(self.store.staging_dir)
         node = self.config.node
         ae = AE(ae_title=node.ae_title)
         ae.maximum_pdu_size = node.max_pdu_bytes
@@ -394,12 +399,20 @@ class DicomListener:
         try:
             check_uid("Affected SOP Class UID", sop_class)
             check_uid("Affected SOP Instance UID", sop_uid)
-            header, result = self.store.receive_file(
-                event.dataset_path,
-                check=matches_request,
-                source=session.info.source,
-                calling_ae=session.info.calling_ae,
-            )
+            if not sealing():  # streamed to a staging file as it arrived
+                header, result = self.store.receive_file(
+                    event.dataset_path,
+                    check=matches_request,
+                    source=session.info.source,
+                    calling_ae=session.info.calling_ae,
+                )
+            else:  # in memory (encryption at rest)
+                data = bytes(event.encoded_dataset(include_meta=True))
+                header = read_header(data)
+                matches_request(header)
+                result = self.store.store_instance(
+                    header, data, source=session.info.source, calling_ae=session.info.calling_ae
+                )
         except DataSetMismatch as exc:
             return _refuse(session, bound, st.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, str(exc))
         except InvalidInput as exc:

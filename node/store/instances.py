@@ -25,6 +25,7 @@ from node.store.files import (
 )
 from node.store.header import read_header
 from node.store.index import InstanceIndex
+from node.store.sealed import read_bytes, seal, sealing
 
 log = structlog.get_logger("radnode.store")
 
@@ -83,7 +84,7 @@ class InstanceStore:
         """
         relpath = _relpath(header)
         staged = stage_durably(
-            self.path_of(relpath).parent, data, self.reserve_bytes, Path(relpath).name
+            self.path_of(relpath).parent, seal(data), self.reserve_bytes, Path(relpath).name
         )
         return self._place_and_index(
             staged, header, hashlib.sha256(data).hexdigest(), len(data), source, calling_ae
@@ -110,6 +111,13 @@ class InstanceStore:
         InvalidInput, StorageFull or OSError; then the staged file is removed and
         nothing is indexed.
         """
+        if sealing():  # (the listener keeps data sets in memory then; stay safe anyway)
+            data = staged.read_bytes()
+            staged.unlink(missing_ok=True)
+            header = read_header(data)
+            if check is not None:
+                check(header)
+            return header, self.store_instance(header, data, source=source, calling_ae=calling_ae)
         try:
             check_reserve(staged.parent, 0, self.reserve_bytes)  # the bytes are there
             synced = self._io.submit(fsync_file, staged)
@@ -177,8 +185,8 @@ class InstanceStore:
         for relpath in iter_instance_files(self.root):
             if relpath in known:
                 continue
-            data = self.path_of(relpath).read_bytes()
             try:
+                data = read_bytes(self.path_of(relpath))
                 header = read_header(data)
             except InvalidInput as exc:
                 unreadable += 1

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from node.store.files import RESULTS_DIR, TEMP_MARK, fsync_dir
+from node.store.sealed import read_bytes, read_text, seal
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def write_file_durably(folder: Path, name: str, data: bytes) -> None:
     fd, temp = tempfile.mkstemp(prefix=TEMP_MARK, dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            handle.write(seal(data))  # sealed when encryption at rest is on
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, folder / name)
@@ -98,10 +99,10 @@ def write_result(
 def load_result(root: Path, relpath: str = "") -> StoredResult:
     """Read a result written by save_result (or by write_result into `root`)."""
     folder = root / relpath if relpath else root
-    findings = json.loads((folder / "findings.json").read_text())
-    meta = json.loads((folder / "result.json").read_text())
+    findings = json.loads(read_text(folder / "findings.json"))
+    meta = json.loads(read_text(folder / "result.json"))
     arrays: dict[str, npt.NDArray[Any]] = {}
-    with np.load(folder / "arrays.npz") as data:
+    with np.load(io.BytesIO(read_bytes(folder / "arrays.npz"))) as data:
         for key in data.files:
             kind, _, name = key.partition(":")
             if kind == "mask":
