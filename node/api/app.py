@@ -290,7 +290,9 @@ def build_app(ctx: ApiContext) -> FastAPI:
         ]
 
     @app.get("/api/v1/jobs")
-    def jobs(_: Reader, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def jobs(
+        _: Reader, state: str | None = None, limit: int = 100, timelines: bool = False
+    ) -> list[dict[str, Any]]:
         wanted = None
         if state is not None:
             try:
@@ -300,8 +302,11 @@ def build_app(ctx: ApiContext) -> FastAPI:
                 raise HTTPException(
                     400, f"state {state!r} is unknown; use one of {known}"
                 ) from None
-        found = JobQueue(ctx.index).recent(wanted, min(max(limit, 1), 1000))
-        return [_job_json(job) for job in found]
+        queue = JobQueue(ctx.index)
+        found = queue.recent(wanted, min(max(limit, 1), 1000))
+        if not timelines:
+            return [_job_json(job) for job in found]
+        return [{**_job_json(job), "timeline": queue.timeline(job.id)} for job in found]
 
     @app.get("/api/v1/jobs/{job_id}")
     def job(_: Reader, job_id: str) -> dict[str, Any]:

@@ -126,6 +126,9 @@ def test_stow_rs_stores_instances_for_the_named_source(node: NodeProcess, tmp_pa
     job = node.wait_for_event("series_rejected", 120)
     jobs = get(node, "/api/v1/jobs?state=rejected").json()
     assert [j["series_uid"] for j in jobs] == [series.series_uid]
+    [with_story] = get(node, "/api/v1/jobs?state=rejected&timelines=true").json()
+    assert "series_complete" in [e["kind"] for e in with_story["timeline"]]
+    assert "timeline" not in jobs[0]
     detail = get(node, f"/api/v1/jobs/{jobs[0]['id']}").json()
     assert [e["kind"] for e in detail["timeline"]][:2] == [
         "first_instance_received",
