@@ -21,6 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+log = structlog.get_logger("radnode.audit")
 _lock = threading.Lock()
 _fd: int | None = None
 _path: Path | None = None
@@ -52,8 +55,12 @@ def audit(event: str, **fields: Any) -> None:
     }
     line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
     with _lock:
-        if _fd is not None:
+        if _fd is None:
+            return
+        try:
             os.write(_fd, line)
+        except OSError as exc:  # a full disk must not change what the node answers
+            log.error("audit_write_failed", path=str(_path), reason=exc.strerror or str(exc))
 
 
 def audit_path() -> Path | None:

@@ -219,6 +219,10 @@ def _send(args: argparse.Namespace, config: NodeConfig | None) -> int:
         raise ConfigError(f"--associations {args.associations}: give 1 or more")
     target = _target(args.to, config)
     calling = _calling_ae(args, config, args.to)
+    if config is not None:  # files from this node's storage may be sealed
+        from node.store.sealed import configure_sealing
+
+        configure_sealing(config.storage.encryption_key_file)
     with tqdm(unit="file", desc=f"to {target}", file=sys.stderr, leave=False) as bar:
         report = send_files(
             args.paths,

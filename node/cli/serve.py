@@ -216,15 +216,15 @@ def _api_context(
         problems = {"store": "", "models": "", "workers": "", "disk": ""}
         try:
             store.index.count_instances()
-            probe = store.root / ".readyz"
-            probe.write_bytes(b"")
-            probe.unlink()
+            marker = store.root / f".readyz-{threading.get_ident()}-{os.urandom(4).hex()}"
+            marker.write_bytes(b"")
+            marker.unlink()
         except OSError as exc:
             problems["store"] = f"the storage root is not writable: {exc.strerror or exc}"
         if config.routes and registry is None:
             problems["models"] = "the model packages are not loaded"
         wanted = config.inference.workers if config.routes else 0
-        alive = sum(1 for p in workers.values() if p.is_alive())
+        alive = sum(1 for p in list(workers.values()) if p.is_alive())
         if alive < wanted:
             problems["workers"] = f"{alive} of {wanted} worker processes run"
         free = shutil.disk_usage(store.root).free

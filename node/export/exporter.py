@@ -167,7 +167,10 @@ class Exporter:
 
         try:
             if delivery.result_relpath is None:
-                raise DeliveryError("the job has no result; run it again (radnode retry)")
+                raise DeliveryError(
+                    "the job has no result any more (purged or removed); send the series "
+                    "again to run the model anew"
+                )
             objects = load_outbound(self.root / delivery.result_relpath)
             outcome = self._send(destination, objects, delivery, on_confirmed)
         except DeliveryRefused as exc:

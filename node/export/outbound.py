@@ -49,13 +49,17 @@ def load_outbound(result_folder: Path) -> list[OutboundObject]:
         meta = json.loads(read_text(result_folder / RESULT_META))
     except (OSError, ValueError, InvalidInput) as exc:
         raise DeliveryError(
-            f"the result in {result_folder} cannot be read ({exc}); run the job again"
+            f"the result in {result_folder} cannot be read ({exc}); it was removed or "
+            "damaged, so it cannot be delivered: send the series again to run the model anew"
         ) from exc
     objects: list[OutboundObject] = []
     for item in meta.get("outputs", []):
         path = result_folder / OUTPUTS_DIR / str(item["file"])
         if not path.is_file():
-            raise DeliveryError(f"the result file {path} is missing; run the job again")
+            raise DeliveryError(
+                f"the result file {path} is missing (removed or damaged); send the series "
+                "again to run the model anew"
+            )
         objects.append(
             OutboundObject(
                 kind=str(item["kind"]),

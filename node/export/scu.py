@@ -38,7 +38,8 @@ from node.domain.status import (
     describe_rejection,
     describe_status,
 )
-from node.errors import ConfigError
+from node.errors import ConfigError, InvalidInput
+from node.store.sealed import dicom_source
 from node.tls import client_context
 
 _TARGET = re.compile(
@@ -226,10 +227,11 @@ def _scan(files: Sequence[Path], report: SendReport) -> list[_SendItem]:
     items: list[_SendItem] = []
     for path in files:
         try:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+            source = dicom_source(path)  # a file the node keeps may be sealed
+            ds = dcmread(source, stop_before_pixels=True, specific_tags=["SOPClassUID"])
             sop_class = str(ds.get("SOPClassUID") or ds.file_meta.MediaStorageSOPClassUID)
             syntax = str(ds.file_meta.TransferSyntaxUID)
-        except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
+        except (InvalidDicomError, AttributeError, OSError, ValueError, InvalidInput) as exc:
             report.skipped.append((path, f"not a DICOM file ({type(exc).__name__})"))
             continue
         items.append(_SendItem(path, sop_class, syntax))
@@ -325,7 +327,9 @@ def send_files(
 def _store_one(assoc: Association, item: _SendItem) -> str | None:
     """Send one file; None on success, else the outcome in words."""
     try:
-        status = assoc.send_c_store(item.path)
+        source = dicom_source(item.path)
+        # A sealed file is opened in memory and sent as its data set.
+        status = assoc.send_c_store(item.path if isinstance(source, Path) else dcmread(source))
     except ValueError as exc:  # no accepted context for this SOP class / syntax
         return f"not sent: {exc}"
     if not status or "Status" not in status:

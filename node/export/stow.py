@@ -169,7 +169,7 @@ def stow_to_server(
         problems: list[str] = []
         for obj in batch:
             reason = failures.get(obj.sop_instance_uid)
-            if reason is None and (not stored or obj.sop_instance_uid in stored):
+            if reason is None and obj.sop_instance_uid in stored:
                 on_confirmed(obj.sop_instance_uid)
                 outcome.sent.append(obj.sop_instance_uid)
                 if stored.get(obj.sop_instance_uid):
@@ -177,8 +177,12 @@ def stow_to_server(
             elif reason == SOP_CLASS_NOT_SUPPORTED and obj.kind in ("seg", "sr"):
                 refused.setdefault(obj.kind, f"{describe_status(reason)}")
                 newly_refused = True
-            else:
-                why = describe_status(reason) if reason is not None else "not in the response"
+            else:  # failed, or not listed as stored: not confirmed, so sent again
+                why = (
+                    describe_status(reason)
+                    if reason is not None
+                    else "not listed as stored in the server's answer"
+                )
                 problems.append(f"{obj.kind}: {why}")
         if problems:
             raise AttemptFailed(f"STOW-RS to {destination.url}: " + "; ".join(problems))

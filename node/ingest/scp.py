@@ -261,13 +261,13 @@ class DicomListener:
                 called_ae=called,
                 expected_called_ae=self.config.node.ae_title,
             )
-            _audit_association(info, "rejected", "called AE title not recognized")
             _reject(
                 assoc,
                 st.REJECTED_PERMANENT,
                 st.SOURCE_SERVICE_USER,
                 st.REASON_CALLED_AE_NOT_RECOGNIZED,
             )
+            _audit_association(info, "rejected", "called AE title not recognized")
             return
         if source is None or not source.allows_address(address):
             reason = (
@@ -278,13 +278,13 @@ class DicomListener:
             bound.warning(
                 "association_rejected", reason="calling AE title not recognized", detail=reason
             )
-            _audit_association(info, "rejected", f"calling AE title not recognized: {reason}")
             _reject(
                 assoc,
                 st.REJECTED_PERMANENT,
                 st.SOURCE_SERVICE_USER,
                 st.REASON_CALLING_AE_NOT_RECOGNIZED,
             )
+            _audit_association(info, "rejected", f"calling AE title not recognized: {reason}")
             return
         if not self.limiter.try_acquire():
             bound.warning(
@@ -293,13 +293,13 @@ class DicomListener:
                 open_associations=self.limiter.in_use,
                 max_associations=self.limiter.limit,
             )
-            _audit_association(info, "rejected", "local limit exceeded")
             _reject(
                 assoc,
                 st.REJECTED_TRANSIENT,
                 st.SOURCE_SERVICE_PROVIDER_PRESENTATION,
                 st.REASON_LOCAL_LIMIT_EXCEEDED,
             )
+            _audit_association(info, "rejected", "local limit exceeded")
             return
         wake = tuning.wake_on_send(assoc) if self._tuned else None
         with self._lock:

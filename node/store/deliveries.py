@@ -356,8 +356,9 @@ class DeliveryQueue:
             rows = conn.execute(select(deliveries).where(unknown)).all()
             for row in rows:
                 reason = (
-                    f"destination {row.destination!r} is not configured; add it under "
-                    "destinations, or change the route's send_to, then radnode retry the job"
+                    f"destination {row.destination!r} is not configured; add it back under "
+                    "destinations, then radnode retry the job (a changed send_to applies to "
+                    "new jobs only)"
                 )
                 self._fail(conn, row, reason, now)
         return len(rows)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.schema import CreateColumn
 
 from node.domain import InstanceHeader, SeriesState, StoreOutcome, StudyState
-from node.errors import ConfigError, InvalidInput
+from node.errors import ConfigError, InvalidInput, StorageFull
 from node.store.schema import events, instances, metadata, series, studies
 
 log = structlog.get_logger("radnode.store")
@@ -325,12 +325,23 @@ class InstanceIndex:
         source: str | None,
         calling_ae: str | None,
         now: float,
+        present: Callable[[], bool] | None = None,
     ) -> RecordedInstance:
-        """Index an instance whose file is already durable; update its series and study."""
+        """Index an instance whose file is already durable; update its series and study.
+
+        `present` says whether the file is still there, asked under the write lock on
+        the path that a complete study takes: a retention purge of that study (under
+        the same lock) may have removed it, and then the sender is told to retry.
+        """
         new_row = _instance_row(header, relpath, size, sha256, source, calling_ae, now)
         if self._record_new_instance_fast(header, new_row):
             return RecordedInstance(StoreOutcome.STORED, 1, False, False, None)
         with self._write() as conn:
+            if present is not None and not present():
+                raise StorageFull(
+                    f"SOPInstanceUID {header.sop_instance_uid}: its study was being purged "
+                    "by retention as it arrived; send it again"
+                )
             row = conn.execute(_FIND_INSTANCE, {"sop_uid": header.sop_instance_uid}).first()
             if row is not None and row.relpath != relpath:
                 raise InvalidInput(
@@ -511,6 +522,12 @@ class InstanceIndex:
                 completed_at=None,
                 instance_count=studies.c.instance_count + added,
                 last_received_at=now,
+                # A study purged by retention and sent again gets its attributes back.
+                patient_name=func.coalesce(studies.c.patient_name, header.patient_name[:324]),
+                patient_id=func.coalesce(studies.c.patient_id, header.patient_id[:64]),
+                study_description=func.coalesce(
+                    studies.c.study_description, header.study_description[:64]
+                ),
             )
         )
         _add_event(conn, now, "study_reopened", header, None, series_level=False)
@@ -718,7 +735,10 @@ class InstanceIndex:
         """The most recently active studies with their series."""
         with self._read() as conn:
             study_rows = conn.execute(
-                select(studies).order_by(studies.c.last_received_at.desc()).limit(limit)
+                select(studies)
+                .where(studies.c.instance_count > 0)  # 0: purged by retention
+                .order_by(studies.c.last_received_at.desc())
+                .limit(limit)
             ).all()
             uids = [r.study_uid for r in study_rows]
             series_rows = (

@@ -156,6 +156,7 @@ class InstanceStore:
                 source=source,
                 calling_ae=calling_ae,
                 now=self._clock(),
+                present=self.path_of(relpath).exists,
             )
         except InvalidInput:
             self.path_of(relpath).unlink(missing_ok=True)

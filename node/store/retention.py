@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 
 from node.domain import JobState, SeriesState, StudyState
 from node.store.index import InstanceIndex
@@ -41,18 +41,31 @@ def purge_expired(
 ) -> list[PurgedStudy]:
     """Purge up to `limit` studies whose work ended more than `retention_seconds` ago."""
     cutoff = now - retention_seconds
+    nowhere = and_(
+        jobs.c.state == JobState.ENCODED, or_(jobs.c.send_to.is_(None), jobs.c.send_to == "[]")
+    )
+    # A study waits while any job of it is unfinished or failed, or ended recently;
+    # those are left out here, so that they never crowd out the studies that may go.
+    waiting = exists().where(
+        jobs.c.study_uid == studies.c.study_uid,
+        or_(and_(jobs.c.state.not_in(list(_DONE)), ~nowhere), jobs.c.updated_at > cutoff),
+    )
     with index.read_transaction() as conn:
         candidates = conn.execute(
-            select(studies.c.study_uid, studies.c.completed_at)
-            .where(studies.c.state == StudyState.COMPLETE, studies.c.completed_at <= cutoff)
+            select(studies.c.study_uid)
+            .where(
+                studies.c.state == StudyState.COMPLETE,
+                studies.c.completed_at <= cutoff,
+                studies.c.instance_count > 0,  # 0: purged already
+                ~waiting,
+            )
             .order_by(studies.c.completed_at)
-            .limit(limit * 5)
-        ).all()
+            .limit(limit)
+        ).scalars()
+        uids = list(candidates)
     purged: list[PurgedStudy] = []
-    for candidate in candidates:
-        if len(purged) >= limit:
-            break
-        done = _purge_if_done(index, root, candidate.study_uid, cutoff, now)
+    for study_uid in uids:
+        done = _purge_if_done(index, root, study_uid, cutoff, now)
         if done is not None:
             purged.append(done)
     return purged
@@ -95,8 +108,15 @@ def _purge_if_done(
                 shutil.rmtree(root / job.result_relpath, ignore_errors=True)
                 results += 1
         conn.execute(delete(instances).where(instances.c.study_uid == study_uid))
-        conn.execute(delete(series).where(series.c.study_uid == study_uid))
-        conn.execute(delete(studies).where(studies.c.study_uid == study_uid))
+        # The study and series rows stay, emptied and without the patient's attributes:
+        # a series sent again later reopens as a new generation and is processed anew,
+        # instead of colliding with the jobs of its first life.
+        conn.execute(update(series).where(series.c.study_uid == study_uid).values(instance_count=0))
+        conn.execute(
+            update(studies)
+            .where(studies.c.study_uid == study_uid)
+            .values(instance_count=0, patient_name=None, patient_id=None, study_description=None)
+        )
         conn.execute(update(jobs).where(jobs.c.study_uid == study_uid).values(result_relpath=None))
         conn.execute(
             events.insert().values(

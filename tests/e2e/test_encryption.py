@@ -4,6 +4,8 @@ in the clear; after the index is lost, the sealed files are indexed again."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +53,15 @@ def test_nothing_the_node_keeps_is_in_the_clear(node_factory: NodeFactory, tmp_p
             data = path.read_bytes()
             assert data.startswith(MAGIC), path
             assert not any(mark in data for mark in CLEAR_MARKS), path
+        # And `radnode send` pushes a sealed result folder by hand, opened with the key
+        job_id = delivered["job_id"]
+        again = subprocess.run(
+            [sys.executable, "-m", "node", "send", str(node.root / "results" / job_id / "dicom"),
+             "--to", f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}", "--config", str(node.config_path)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        assert f"{delivered['objects']} sent" in again.stdout and "0 failed" in again.stdout
         # When the index is lost and the node starts again
         node.stop()
         for index_file in node.root.glob("index.sqlite3*"):

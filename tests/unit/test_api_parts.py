@@ -3,9 +3,14 @@ reader of STOW-RS, with the status each malformed request gets."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
+from node import audit
 from node.api.auth import identify, token_digest
 from node.config import ApiToken, NodeConfig
 from node.ingest.stow import StowRequestError, split_multipart
@@ -80,3 +85,19 @@ def test_malformed_requests_get_their_status_and_reason(
     with pytest.raises(StowRequestError) as caught:
         split_multipart(content_type, data)
     assert caught.value.http_status == status and words in caught.value.reason
+
+
+def test_an_audit_trail_that_cannot_be_written_changes_nothing_else(tmp_path: Path) -> None:
+    # Given a trail whose file can no longer be written (a full disk, say)
+    audit.configure_audit(tmp_path / "audit.jsonl")
+    assert audit._fd is not None
+    os.close(audit._fd)  # every write now fails with EBADF
+    try:
+        # When an event is audited
+        with capture_logs() as logs:
+            audit.audit("association_rejected", calling_ae="STRANGER")
+        # Then nothing raises (an association is still rejected), and the log says why
+        assert [e["event"] for e in logs] == ["audit_write_failed"]
+    finally:
+        audit._fd = None
+        audit.configure_audit(None)

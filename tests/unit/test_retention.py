@@ -12,7 +12,8 @@ from sqlalchemy import update
 
 from node.cli.serve import open_store
 from node.config import NodeConfig
-from node.domain import JobState
+from node.domain import JobState, SeriesState
+from node.errors import StorageFull
 from node.store import InstanceStore, JobQueue, read_header
 from node.store.retention import purge_expired
 from node.store.schema import jobs
@@ -96,3 +97,54 @@ def test_a_study_no_route_wanted_goes_after_the_retention_and_one_receiving_stay
     # Then only the idle study goes
     assert purged.study_uid == idle.study_uid and purged.results == 0
     assert [s.study_uid for s in store.index.list_studies()] == [busy.study_uid]
+
+
+def test_failed_studies_never_crowd_out_those_that_may_go(
+    store: InstanceStore, tmp_path: Path
+) -> None:
+    # Given three old studies with failed jobs (kept for IT) and one old delivered study
+    for name in ("f1", "f2", "f3"):
+        finished(store, tmp_path / name, JobState.FAILED, T0 - 3 * DAY)
+    old = finished(store, tmp_path / "ok", JobState.DELIVERED, T0 - 2 * DAY)
+    # When retention runs with room for two studies a pass
+    purged = purge_expired(store.index, store.root, DAY, T0, limit=2)
+    # Then the delivered study goes, though the failed ones are older
+    assert [p.study_uid for p in purged] == [old]
+
+
+def test_a_purged_series_sent_again_is_a_new_generation_with_its_attributes_back(
+    store: InstanceStore, tmp_path: Path
+) -> None:
+    # Given a study purged after its delivery
+    uid = finished(store, tmp_path / "a", JobState.DELIVERED, T0 - 2 * DAY)
+    [purged] = purge_expired(store.index, store.root, DAY, T0)
+    assert purged.study_uid == uid and store.index.list_studies() == []
+    # When the PACS sends its series again
+    for path in sorted((tmp_path / "a").glob("*.dcm")):
+        data = path.read_bytes()
+        store.store_instance(read_header(data), data, source="pacs")
+    # Then it is a new generation of the series, receiving, listed with its patient again
+    [study] = store.index.list_studies()
+    assert study.study_uid == uid and study.instance_count == 3
+    assert study.patient_name == "SYNTHETIC^PATIENT"
+    [series] = study.series
+    assert series.state == SeriesState.RECEIVING and series.instance_count == 3
+    reopened = store.index.events("series_reopened")
+    assert reopened and reopened[-1]["detail"]["generation"] == 2
+
+
+def test_an_instance_whose_file_a_purge_removed_is_refused_for_a_retry(
+    store: InstanceStore, tmp_path: Path
+) -> None:
+    # Given a complete study, and an instance of it whose file vanished (the purge
+    # took it between its placement and its indexing)
+    uid = finished(store, tmp_path / "a", JobState.DELIVERED, T0 - 2 * DAY)
+    [path] = sorted((tmp_path / "a").glob("*.dcm"))[:1]
+    data = path.read_bytes()
+    header = read_header(data)
+    # When the index is asked to record it with the file gone
+    with pytest.raises(StorageFull, match="being purged by retention"):
+        store.index.record_instance(
+            header, relpath=f"{uid}/x/y.dcm", size=len(data), sha256="0" * 64,
+            source="pacs", calling_ae=None, now=T0, present=lambda: False,
+        )  # fmt: skip
