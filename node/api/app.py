@@ -158,12 +158,13 @@ def build_app(ctx: ApiContext) -> FastAPI:
     def thumbnail(job: Job) -> str | None:
         if job.result_relpath is None:  # no result (yet, or any more)
             return None
-        if job.id not in thumbnails:
-            if len(thumbnails) > THUMBNAIL_CACHE:
-                thumbnails.clear()
-            folder = ctx.root / job.result_relpath / OUTPUTS_DIR
-            thumbnails[job.id] = key_image_thumbnail(folder)
-        return thumbnails[job.id]
+        if job.id in thumbnails:
+            return thumbnails.get(job.id)  # (another request may clear the cache meanwhile)
+        if len(thumbnails) > THUMBNAIL_CACHE:
+            thumbnails.clear()
+        image = key_image_thumbnail(ctx.root / job.result_relpath / OUTPUTS_DIR)
+        thumbnails[job.id] = image
+        return image
 
     def page_caller(request: Request) -> Caller | None:
         found = identify(request.headers.get("authorization"), tokens)
