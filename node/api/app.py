@@ -363,17 +363,19 @@ def build_app(ctx: ApiContext) -> FastAPI:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             raise HTTPException(413, f"the body exceeds api.max_body_mb ({max_body // 2**20} MiB)")
-        body = bytearray()
+        chunks: list[bytes] = []
+        size = 0
         async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > max_body:
+            size += len(chunk)
+            if size > max_body:
                 raise HTTPException(
                     413, f"the body exceeds api.max_body_mb ({max_body // 2**20} MiB)"
                 )
+            chunks.append(chunk)
         content_type = request.headers.get("content-type", "")
         status, payload = await run_in_threadpool(
-            ctx.receive_stow, source, content_type, bytes(body), study, peer
-        )
+            ctx.receive_stow, source, content_type, b"".join(chunks), study, peer
+        )  # one copy of the body in memory, not two
         if "detail" in payload:
             return JSONResponse(payload, status_code=status)
         return JSONResponse(payload, status_code=status, media_type=DICOM_JSON)
